@@ -1,0 +1,110 @@
+"""Settings, read once from DRIFTLINE_* environment variables.
+
+Nothing connects at import time: stores are built from a Settings object by the
+factories that need them, so tests build their own Settings against temp dirs.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DRIFTLINE_", extra="ignore")
+
+    home: Path = Field(default=Path("~/.driftline"), description="Data dir: embedded stores, spool, secrets.")
+    clickhouse_url: str | None = Field(
+        default=None,
+        description="clickhouse://user:pass@host:9000/db; unset means the embedded chDB store under home.",
+    )
+    clickhouse_cluster: str | None = Field(default=None, description="Cluster name for sharded tables.")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; unset means SQLite under home."
+    )
+    bootstrap_key: SecretStr | None = Field(default=None, description="Created as an admin key of 'default'.")
+    secret_key: SecretStr | None = Field(
+        default=None, description="Keys PII hashing and secret encryption; generated under home when unset."
+    )
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    public_url: str | None = Field(
+        default=None, description="Base URL of the dashboard, for links in alerts."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_json: bool = True
+
+    max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024, description="JSON bodies over this: 413.")
+    max_bulk_bytes: int = Field(
+        default=1024 * 1024 * 1024, ge=1024, description="Bulk bodies over this: 413."
+    )
+    max_batch_rows: int = Field(default=100_000, ge=1, description="JSON records per request over this: 413.")
+    max_future_seconds: int = Field(default=86_400, ge=0, description="Event times further ahead: 422.")
+
+    spool_dir: Path | None = Field(default=None, description="Defaults to <home>/spool.")
+    spool_max_bytes: int = Field(default=8 * 1024**3, ge=1024 * 1024, description="Full spool: 503.")
+    spool_min_free_bytes: int = Field(default=256 * 1024 * 1024, ge=0, description="Less free disk: 503.")
+    flush_interval_seconds: float = Field(default=0.5, gt=0)
+    flush_max_rows: int = Field(default=100_000, ge=1)
+    direct_insert_min_rows: int = Field(
+        default=20_000, ge=1, description="Bulk bodies this large are inserted at once, not via the spool."
+    )
+
+    scheduler_enabled: bool = True
+    retention_days: int = Field(default=400, ge=1)
+
+    @field_validator("home", "spool_dir", mode="after")
+    @classmethod
+    def _expand(cls, value: Path | None) -> Path | None:
+        return value.expanduser().resolve() if value is not None else None
+
+    @model_validator(mode="after")
+    def _refuse_unsafe(self) -> Settings:
+        if self.bootstrap_key is not None and len(self.bootstrap_key.get_secret_value()) < 16:
+            raise ValueError("DRIFTLINE_BOOTSTRAP_KEY must be at least 16 characters")
+        if self.clickhouse_cluster and not self.clickhouse_url:
+            raise ValueError("DRIFTLINE_CLICKHOUSE_CLUSTER needs DRIFTLINE_CLICKHOUSE_URL")
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'meta.db'}"
+
+    @property
+    def resolved_spool_dir(self) -> Path:
+        return self.spool_dir or self.home / "spool"
+
+    @property
+    def chdb_path(self) -> Path:
+        return self.home / "events"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings; tests pass their own Settings instead."""
+    return Settings()
+
+
+def secret_key(settings: Settings) -> bytes:
+    """The deployment's secret (PII hashing, secret encryption): set, or made once under home.
+
+    Every replica must share it, so a cluster sets DRIFTLINE_SECRET_KEY; a single
+    machine gets one generated into <home>/secret.key (mode 0600) at first start.
+    """
+    if settings.secret_key is not None:
+        return settings.secret_key.get_secret_value().encode()
+    import os
+    import secrets
+
+    path = settings.home / "secret.key"
+    if not path.exists():
+        settings.home.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(48))
+    return path.read_text().strip().encode()

@@ -1,0 +1,147 @@
+"""The FastAPI application: built by a factory, stores opened in its lifespan."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+import driftline
+from driftline.config import Settings, get_settings
+from driftline.errors import DriftlineError, Unavailable
+from driftline.ingest.api_models import (
+    FeedbackBatch,
+    LabelBatch,
+    PredictionBatch,
+    ReferenceBody,
+)
+from driftline.ingest.routers import events, health, keys, models
+from driftline.ingest.state import AppState
+from driftline.ingest.telemetry import Metrics, configure_logging, request_id_var
+
+log = logging.getLogger("driftline.api")
+
+_DOC_MODELS = (PredictionBatch, LabelBatch, FeedbackBatch, ReferenceBody)
+
+
+def _error_response(exc: DriftlineError) -> JSONResponse:
+    body: dict[str, Any] = {"detail": exc.message}
+    if isinstance(exc.details, dict):
+        body.update({k: v for k, v in exc.details.items() if k != "detail"})
+    elif exc.details is not None:
+        body["details"] = exc.details
+    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Unavailable) else None
+    if exc.status_code == 503 and headers is None:
+        headers = {"Retry-After": "5"}
+    return JSONResponse(body, status_code=exc.status_code, headers=headers)
+
+
+def create_app(settings: Settings | None = None, *, state: AppState | None = None) -> FastAPI:
+    """The API; `state` lets a caller (the CLI's `up`) share stores with the scheduler."""
+    settings = settings or get_settings()
+    metrics = state.metrics if state is not None else Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        owned = state is None
+        app_state = state or await run_in_threadpool(AppState.open, settings, metrics=metrics)
+        app.state.driftline = app_state
+        if owned:
+            app_state.start()
+        try:
+            yield
+        finally:
+            if owned:
+                await run_in_threadpool(app_state.close)
+
+    app = FastAPI(
+        title="driftline",
+        version=driftline.__version__,
+        description="Drift and model-quality monitoring: log predictions and late labels, read what drifted.",
+        lifespan=lifespan,
+    )
+    app.include_router(health.router)
+    app.include_router(models.router)
+    app.include_router(events.router)
+    app.include_router(keys.router)
+
+    @app.exception_handler(DriftlineError)
+    async def on_driftline_error(request: Request, exc: DriftlineError) -> JSONResponse:
+        if exc.status_code >= 500:
+            log.warning("%s: %s", type(exc).__name__, exc.message)
+        return _error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"field": ".".join(str(p) for p in e.get("loc", ()) if p != "body"), "error": e.get("msg", "")}
+            for e in exc.errors()
+        ][:50]
+        first = errors[0] if errors else {"field": "", "error": "invalid request"}
+        return JSONResponse(
+            {"detail": f"field {first['field']!r}: {first['error']}", "errors": errors}, status_code=422
+        )
+
+    @app.middleware("http")
+    async def observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        rid = request.headers.get("x-request-id") or uuid.uuid4().hex
+        token = request_id_var.set(rid[:64])
+        start = time.perf_counter()
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            response.headers["X-Request-ID"] = rid[:64]
+            return response
+        except Exception:
+            log.exception("unhandled error")
+            return JSONResponse({"detail": "internal error"}, status_code=500)
+        finally:
+            route = request.scope.get("route")
+            path = getattr(route, "path", "unmatched")
+            elapsed = time.perf_counter() - start
+            metrics.requests.labels(request.method, path, str(status)).inc()
+            metrics.latency.labels(request.method, path).observe(elapsed)
+            request_id_var.reset(token)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for model in _DOC_MODELS:
+            doc = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(doc.pop("$defs", {}))
+            components[model.__name__] = doc
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app
+
+
+def serve(settings: Settings | None = None) -> None:
+    """Run the API with uvicorn (the process that owns an embedded store)."""
+    import uvicorn
+
+    settings = settings or get_settings()
+    configure_logging(settings.log_level, as_json=settings.log_json)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+        timeout_keep_alive=30,
+    )

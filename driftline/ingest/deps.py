@@ -1,0 +1,52 @@
+"""Dependencies declared once, as typed Annotated aliases the routers use."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from driftline.errors import Forbidden, Unauthorized
+from driftline.ingest.state import AppState
+from driftline.storage.meta.models import KeyRole
+from driftline.storage.meta.records import KeyInfo
+
+
+def get_state(request: Request) -> AppState:
+    state: AppState = request.app.state.driftline
+    return state
+
+
+State = Annotated[AppState, Depends(get_state)]
+
+
+def authenticate(request: Request, state: State) -> KeyInfo:
+    """The caller's key: 401 when missing, unknown or revoked (checked per request)."""
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("send an API key as 'Authorization: Bearer <key>'")
+    with state.meta.repos(readonly=True) as repos:
+        info = repos.keys.verify(token.strip())
+    if info is None:
+        raise Unauthorized("the API key is unknown or revoked")
+    request.state.key = info
+    return info
+
+
+def require(*roles: KeyRole) -> Callable[[KeyInfo], KeyInfo]:
+    """Admin keys may do everything; other roles only what is listed."""
+
+    def check(key: Annotated[KeyInfo, Depends(authenticate)]) -> KeyInfo:
+        if key.role is not KeyRole.ADMIN and key.role not in roles:
+            allowed = ", ".join(r.value for r in (*roles, KeyRole.ADMIN))
+            raise Forbidden(f"a key with role {key.role.value!r} may not do this (needs {allowed})")
+        return key
+
+    return check
+
+
+IngestKey = Annotated[KeyInfo, Depends(require(KeyRole.INGEST))]
+ReadKey = Annotated[KeyInfo, Depends(require(KeyRole.READ))]
+AdminKey = Annotated[KeyInfo, Depends(require())]

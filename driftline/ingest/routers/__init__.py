@@ -1,0 +1,1 @@
+"""HTTP routers: thin, they parse, authorise and hand over to the services."""

@@ -1,0 +1,168 @@
+"""Ingest as the routers call it: body in, durable rows and a count out.
+
+Kept apart from the routers so the same path serves HTTP, the CLI's file ingest and
+the benchmarks.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from driftline.errors import InvalidInput, PayloadTooLarge, StoreError
+from driftline.ingest.api_models import IngestResult, ReferenceResult
+from driftline.ingest.columns import RowErrors
+from driftline.ingest.records import (
+    ArrowSource,
+    Batch,
+    JsonSource,
+    Source,
+    build_feedback,
+    build_labels,
+    build_predictions,
+    build_reference,
+)
+from driftline.ingest.state import AppState
+from driftline.storage.events import Kind
+from driftline.storage.meta.records import ModelInfo
+
+log = logging.getLogger(__name__)
+
+
+def split_json(payload: Any, max_rows: int) -> tuple[str, list[Any]]:
+    """The model name and records of a JSON batch; 4xx when the envelope is wrong."""
+    if not isinstance(payload, dict):
+        raise InvalidInput("the body must be a JSON object with 'model' and 'records'")
+    model = payload.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidInput("field 'model' is required and must be a string")
+    records = payload.get("records")
+    if not isinstance(records, list):
+        raise InvalidInput("field 'records' is required and must be a list")
+    if len(records) > max_rows:
+        raise PayloadTooLarge(f"{len(records)} records in one batch; the limit is {max_rows}")
+    return model, records
+
+
+def _build(state: AppState, kind: Kind, info: ModelInfo, src: Source, errors: RowErrors, now: float) -> Batch:
+    settings = state.settings
+    if kind is Kind.PREDICTIONS:
+        versions = [v.version for v in info.versions]
+        return build_predictions(
+            info.schema,
+            versions,
+            src,
+            errors,
+            now=now,
+            max_future=settings.max_future_seconds,
+            hasher=state.hasher,
+        )
+    if kind is Kind.LABELS:
+        return build_labels(info.schema, src, errors, now=now, max_future=settings.max_future_seconds)
+    return build_feedback(info.schema, src, errors, now=now, max_future=settings.max_future_seconds)
+
+
+def _keys(kind: Kind, table: pa.Table) -> list[str]:
+    ids = table.column("request_id").cast(pa.string()).fill_null("")
+    if kind is Kind.PREDICTIONS:
+        return list(ids.to_pylist())
+    other = "label" if kind is Kind.LABELS else "reviewer"
+    second = table.column(other).cast(pa.string()).fill_null("")
+    parts = [ids, second]
+    if kind is Kind.FEEDBACK:
+        parts.append(table.column("outcome"))
+    return list(pc.binary_join_element_wise(*parts, "\x00").to_pylist())
+
+
+def ingest(state: AppState, project: str, kind: Kind, model: str, make_source: Any) -> IngestResult:
+    """Check a batch, drop what this process knows to be a retry, make the rest durable."""
+    now = time.time()
+    info = state.models.get(project, model)
+    errors = RowErrors()
+    src = make_source(errors)
+    try:
+        batch = _build(state, kind, info, src, errors, now)
+    except InvalidInput as exc:
+        if kind is not Kind.PREDICTIONS or not any(
+            e["field"] == "version" for e in (exc.details or {}).get("errors", [])
+        ):
+            raise
+        # another process may have registered the version a moment ago
+        info = state.models.get(project, model, fresh=True)
+        errors = RowErrors()
+        batch = _build(state, kind, info, make_source(errors), errors, now)
+    table = batch.table
+    keys = _keys(kind, table)
+    seen = state.recent.seen(keys)
+    duplicates = int(seen.sum())
+    if duplicates:
+        table = table.filter(pa.array(~seen))
+        keys = [k for k, s in zip(keys, seen, strict=True) if not s]
+    accepted = table.num_rows
+    if accepted:
+        direct = False
+        if accepted >= state.settings.direct_insert_min_rows:
+            try:
+                result = state.events.insert(kind, project, info.schema, table)
+                duplicates += result.duplicates
+                accepted = result.inserted
+                direct = True
+            except StoreError as exc:
+                log.warning("direct insert failed, spooling instead: %s", exc)
+        if not direct:
+            state.spool.append(project, model, kind.value, table)
+        state.recent.add(keys)
+    state.metrics.rows.labels(kind.value).inc(accepted)
+    state.metrics.duplicates.labels(kind.value).inc(duplicates)
+    state.metrics.violations.inc(batch.violations)
+    log.info(
+        "accepted %d %s", accepted, kind.value, extra={"project": project, "model": model, "rows": accepted}
+    )
+    return IngestResult(
+        accepted=accepted,
+        duplicates=duplicates,
+        violations=batch.violations,
+        violations_by_field=batch.violations_by_field,
+    )
+
+
+def json_source(records: list[Any]) -> Any:
+    return lambda errors: JsonSource(records, errors)
+
+
+def arrow_source(table: pa.Table) -> Any:
+    return lambda errors: ArrowSource(table)
+
+
+def upload_reference(
+    state: AppState, project: str, model: str, version: str, src_factory: Any, fmt: str, key_id: int | None
+) -> ReferenceResult:
+    """Replace a version's reference rows; the store must take them now (no spool)."""
+    info = state.models.get(project, model)
+    if info.version(version) is None:
+        info = state.models.get(project, model, fresh=True)
+        if info.version(version) is None:
+            from driftline.errors import NotFound
+
+            raise NotFound(f"version {version!r} of model {model!r} is not registered")
+    errors = RowErrors()
+    batch = build_reference(
+        info.schema, version, src_factory(errors), errors, now=time.time(), hasher=state.hasher
+    )
+    if batch.rows == 0:
+        raise InvalidInput("the reference data has no rows")
+    rows = state.events.replace_reference(project, info.schema, version, batch.table)
+    with state.meta.repos() as repos:
+        repos.references.record_upload(project, model, version, rows, fmt, key_id=key_id)
+    return ReferenceResult(
+        version=version, rows=rows, violations=batch.violations, violations_by_field=batch.violations_by_field
+    )
+
+
+def violations_total(by_field: dict[str, dict[str, int]]) -> int:
+    return int(np.sum([n for reasons in by_field.values() for n in reasons.values()])) if by_field else 0

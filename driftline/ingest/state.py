@@ -1,0 +1,89 @@
+"""What one API process holds: settings, both stores, the spool and its flusher.
+
+Built in the app's lifespan (never at import), closed at shutdown; tests build one
+per app against temp dirs.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from driftline.config import Settings, secret_key
+from driftline.ingest.columns import PiiHasher
+from driftline.ingest.flusher import Flusher
+from driftline.ingest.recent import RecentKeys
+from driftline.ingest.registry import ModelCache
+from driftline.ingest.spool import Spool
+from driftline.ingest.telemetry import Metrics
+from driftline.schema import ModelSchema
+from driftline.storage.events import EventStore, make_engine
+from driftline.storage.meta import MetaStore
+from driftline.storage.meta.models import KeyRole
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    meta: MetaStore
+    events: EventStore
+    spool: Spool
+    flusher: Flusher
+    models: ModelCache
+    hasher: PiiHasher
+    metrics: Metrics
+    recent: RecentKeys = field(default_factory=RecentKeys)
+
+    @classmethod
+    def open(cls, settings: Settings, *, metrics: Metrics | None = None) -> AppState:
+        settings.home.mkdir(parents=True, exist_ok=True)
+        metrics = metrics or Metrics()
+        meta = MetaStore.from_settings(settings)
+        meta.migrate()
+        if settings.bootstrap_key is not None:
+            with meta.repos() as repos:
+                repos.keys.ensure_key(
+                    "default", settings.bootstrap_key.get_secret_value(), KeyRole.ADMIN, "bootstrap"
+                )
+        engine = make_engine(settings)
+        events = EventStore(engine)
+        spool = Spool(
+            settings.resolved_spool_dir,
+            max_bytes=settings.spool_max_bytes,
+            min_free_bytes=settings.spool_min_free_bytes,
+        )
+        models = ModelCache(meta)
+
+        def schema_of(project: str, model: str) -> ModelSchema:
+            return models.get(project, model, allow_stale=True).schema
+
+        flusher = Flusher(
+            spool,
+            events,
+            schema_of,
+            metrics,
+            interval=settings.flush_interval_seconds,
+            max_rows=settings.flush_max_rows,
+        )
+        metrics.spool_bytes.set_function(lambda: spool.pending_bytes)
+        return cls(
+            settings=settings,
+            meta=meta,
+            events=events,
+            spool=spool,
+            flusher=flusher,
+            models=models,
+            hasher=PiiHasher(secret_key(settings)),
+            metrics=metrics,
+        )
+
+    def start(self) -> None:
+        self.flusher.start()
+
+    def close(self) -> None:
+        self.flusher.stop(timeout=10.0)
+        self.spool.close()
+        self.events.engine.close()
+        self.meta.dispose()

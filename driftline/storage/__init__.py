@@ -1,0 +1,1 @@
+"""The two stores: events (ClickHouse) and metadata (SQLAlchemy)."""

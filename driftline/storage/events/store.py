@@ -1,0 +1,300 @@
+"""The event store: per-model tables, idempotent inserts, lookups and retention.
+
+Inserts are idempotent by record key (a prediction's request_id, a label's
+request_id and value, a feedback's request_id, reviewer and outcome): a block is
+staged, then copied into its table minus the keys already there. Retried blocks,
+replayed spools and re-sent batches therefore store each record once, and a block
+interrupted by a server crash can simply be sent again.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from driftline.errors import InvalidInput, StoreError
+from driftline.schema import VERSION_PATTERN, ModelSchema, check_name
+from driftline.storage.events.engine import EventEngine, rows
+from driftline.storage.events.tables import (
+    FEATURE_PREFIX,
+    META_PREFIX,
+    Kind,
+    TableNames,
+    add_columns,
+    columns,
+    create_table,
+)
+
+_KEYS = {
+    Kind.PREDICTIONS: ("request_id",),
+    Kind.LABELS: ("request_id", "label"),
+    Kind.FEEDBACK: ("request_id", "reviewer", "outcome"),
+}
+
+
+@dataclass(frozen=True)
+class InsertResult:
+    inserted: int
+    duplicates: int
+
+
+@dataclass(frozen=True)
+class Counts:
+    predictions: int
+    labels: int
+    feedback: int
+    reference: dict[str, int] = field(default_factory=dict)
+
+
+def _key_sql(kind: Kind) -> str:
+    if kind is Kind.PREDICTIONS:
+        return "request_id"
+    if kind is Kind.LABELS:
+        return "(request_id, ifNull(toString(label), ''))"
+    return "(request_id, reviewer, outcome)"
+
+
+def dedup_block(kind: Kind, data: pa.Table) -> pa.Table:
+    """Keep the first row of each record key within one block."""
+    if data.num_rows < 2:
+        return data
+    parts = [data.column(k).cast(pa.string()).fill_null("") for k in _KEYS[kind]]
+    key = parts[0] if len(parts) == 1 else pc.binary_join_element_wise(*parts, "\x00")
+    values = np.asarray(key.to_numpy(zero_copy_only=False), dtype=object)
+    _, first = np.unique(values, return_index=True)
+    if len(first) == data.num_rows:
+        return data
+    return data.take(pa.array(np.sort(first)))
+
+
+class EventStore:
+    """ClickHouse tables of every model, through one EventEngine."""
+
+    def __init__(self, engine: EventEngine) -> None:
+        self.engine = engine
+        self._known: dict[tuple[str, str, Kind], set[str]] = {}
+        self._lock = threading.Lock()
+
+    def names(self, project: str, model: str) -> TableNames:
+        return TableNames(self.engine.database, project, model)
+
+    # -- schema ---------------------------------------------------------------------------
+
+    def ensure_model(self, project: str, schema: ModelSchema) -> None:
+        """Create the model's tables, or add the Nullable columns a grown schema needs."""
+        names = self.names(project, schema.name)
+        for kind in Kind:
+            self.engine.execute(create_table(names, kind, schema, self.engine.info))
+            present = self._columns(names, kind)
+            missing = [c for c in columns(kind, schema) if c.name not in present]
+            if missing:
+                try:
+                    self.engine.execute(add_columns(names, kind, missing, self.engine.info))
+                except StoreError:
+                    # another process may have added them first (18.16 has no ADD COLUMN IF NOT EXISTS)
+                    present = self._columns(names, kind)
+                    if any(c.name not in present for c in missing):
+                        raise
+                present |= {c.name for c in missing}
+            with self._lock:
+                self._known[(project, schema.name, kind)] = present
+
+    def _columns(self, names: TableNames, kind: Kind) -> set[str]:
+        got = self.engine.query_columns(
+            "SELECT name FROM system.columns WHERE database = %(db)s AND table = %(table)s",
+            {"db": names.database, "table": names.bare(kind)},
+        )
+        return {str(n) for n in got["name"]}
+
+    def _ready(self, project: str, schema: ModelSchema, kind: Kind, data: pa.Table) -> None:
+        with self._lock:
+            known = self._known.get((project, schema.name, kind))
+        if known is None or not set(data.column_names) <= known:
+            self.ensure_model(project, schema)
+
+    # -- writes ---------------------------------------------------------------------------
+
+    def insert(self, kind: Kind, project: str, schema: ModelSchema, data: pa.Table) -> InsertResult:
+        """Insert rows whose keys are not stored yet; safe to repeat after any failure."""
+        if kind is Kind.REFERENCE:
+            raise ValueError("reference rows are replaced per version, see replace_reference")
+        if data.num_rows == 0:
+            return InsertResult(0, 0)
+        self._ready(project, schema, kind, data)
+        unique = dedup_block(kind, data)
+        in_block = data.num_rows - unique.num_rows
+        names = self.names(project, schema.name)
+        target = names(kind)
+        staging = f"`{names.database}`.`_staging_{uuid.uuid4().hex}`"
+        self.engine.execute(f"CREATE TABLE {staging} AS {target} ENGINE = Memory")
+        try:
+            self.engine.insert_columns(staging, unique)
+            existing = f"SELECT {_key_sql(kind)} FROM {target} WHERE request_id IN (SELECT request_id FROM {staging})"
+            params: dict[str, Any] = {}
+            if kind is Kind.PREDICTIONS:
+                lo, hi = pc.min_max(unique.column("ts")).values()
+                existing += " AND ts >= %(lo)s AND ts <= %(hi)s"
+                params = {"lo": lo.as_py(), "hi": hi.as_py()}
+            got = self.engine.query_columns(
+                f"SELECT count() AS n FROM {staging} WHERE {_key_sql(kind)} IN ({existing})", params
+            )
+            stored = int(got["n"][0])
+            self.engine.execute(
+                f"INSERT INTO {target} SELECT * FROM {staging} WHERE {_key_sql(kind)} NOT IN ({existing})",
+                params,
+            )
+        finally:
+            self.engine.execute(f"DROP TABLE IF EXISTS {staging}")
+        return InsertResult(inserted=unique.num_rows - stored, duplicates=in_block + stored)
+
+    def replace_reference(self, project: str, schema: ModelSchema, version: str, data: pa.Table) -> int:
+        """Make `data` the reference of a version: the old rows go, the new ones come."""
+        check_name(version, VERSION_PATTERN, "version")
+        names = self.names(project, schema.name)
+        self._ready(project, schema, Kind.REFERENCE, data)
+        n = data.num_rows
+        data = (
+            data.set_column(
+                data.column_names.index("version"), "version", pa.array([version] * n, pa.string())
+            )
+            if "version" in data.column_names
+            else data.append_column("version", pa.array([version] * n, pa.string()))
+        )
+        if "row" not in data.column_names:
+            data = data.append_column("row", pa.array(np.arange(n, dtype=np.uint32)))
+        self.engine.execute(f"ALTER TABLE {names(Kind.REFERENCE)} DROP PARTITION %(v)s", {"v": version})
+        return self.engine.insert_columns(names(Kind.REFERENCE), data)
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def counts(self, project: str, model: str) -> Counts:
+        names = self.names(project, model)
+        pred = self.engine.query_columns(f"SELECT count() AS n FROM {names(Kind.PREDICTIONS)}")
+        lab = self.engine.query_columns(f"SELECT uniqExact(request_id) AS n FROM {names(Kind.LABELS)}")
+        fb = self.engine.query_columns(f"SELECT count() AS n FROM {names(Kind.FEEDBACK)}")
+        ref = self.engine.query_columns(
+            f"SELECT version, count() AS n FROM {names(Kind.REFERENCE)} GROUP BY version ORDER BY version"
+        )
+        return Counts(
+            predictions=int(pred["n"][0]),
+            labels=int(lab["n"][0]),
+            feedback=int(fb["n"][0]),
+            reference={str(v): int(n) for v, n in zip(ref["version"], ref["n"], strict=True)},
+        )
+
+    def get_prediction(self, project: str, schema: ModelSchema, request_id: str) -> dict[str, Any] | None:
+        """One prediction as stored, with its latest label and its feedback."""
+        names = self.names(project, schema.name)
+        got = rows(
+            self.engine.query_columns(
+                f"SELECT * FROM {names(Kind.PREDICTIONS)} WHERE request_id = %(rid)s "
+                "ORDER BY received DESC LIMIT 1",
+                {"rid": request_id},
+            )
+        )
+        if not got:
+            return None
+        row = got[0]
+        record: dict[str, Any] = {
+            "request_id": row["request_id"],
+            "version": row["version"],
+            "timestamp": _iso(row["ts"]),
+            "received": _iso(row["received"]),
+            "features": {k[len(FEATURE_PREFIX) :]: v for k, v in row.items() if k.startswith(FEATURE_PREFIX)},
+            "metadata": {k[len(META_PREFIX) :]: v for k, v in row.items() if k.startswith(META_PREFIX)},
+            "prediction": row["prediction"],
+            "score": row["score"],
+            "scores": dict(zip(schema.classes, row["scores"], strict=False)) if row["scores"] else None,
+            "latency_ms": row["latency_ms"],
+            "timings": dict(zip(row["timing_stage"], row["timing_ms"], strict=True)) or None,
+            "status": row["status"],
+            "error": row["error"],
+            "violations": row["dq"],
+        }
+        labels = rows(
+            self.engine.query_columns(
+                f"SELECT label, ts, received FROM {names(Kind.LABELS)} WHERE request_id = %(rid)s "
+                "ORDER BY received DESC LIMIT 1",
+                {"rid": request_id},
+            )
+        )
+        record["label"] = (
+            {
+                "value": labels[0]["label"],
+                "timestamp": _iso(labels[0]["ts"]),
+                "received": _iso(labels[0]["received"]),
+            }
+            if labels
+            else None
+        )
+        feedback = rows(
+            self.engine.query_columns(
+                f"SELECT outcome, reviewer, label, comment, ts FROM {names(Kind.FEEDBACK)} "
+                "WHERE request_id = %(rid)s ORDER BY ts",
+                {"rid": request_id},
+            )
+        )
+        record["feedback"] = [{**f, "timestamp": _iso(f["ts"])} for f in feedback]
+        for f in record["feedback"]:
+            f.pop("ts", None)
+        return record
+
+    # -- retention ------------------------------------------------------------------------
+
+    def partitions(self, project: str, model: str, kind: Kind) -> list[str]:
+        names = self.names(project, model)
+        got = self.engine.query_columns(
+            "SELECT DISTINCT partition FROM system.parts WHERE database = %(db)s AND table = %(table)s "
+            "AND active ORDER BY partition",
+            {"db": names.database, "table": names.bare(kind)},
+        )
+        return [str(p).strip("'") for p in got["partition"]]
+
+    def drop_before(self, project: str, model: str, day: date) -> int:
+        """Drop daily partitions older than `day` from the event tables; returns how many."""
+        names = self.names(project, model)
+        cutoff = int(day.strftime("%Y%m%d"))
+        dropped = 0
+        for kind in (Kind.PREDICTIONS, Kind.LABELS, Kind.FEEDBACK):
+            for part in self.partitions(project, model, kind):
+                if part.isdigit() and int(part) < cutoff:
+                    self.engine.execute(f"ALTER TABLE {names(kind)} DROP PARTITION {int(part)}")
+                    dropped += 1
+        return dropped
+
+    def drop_model(self, project: str, model: str) -> None:
+        names = self.names(project, model)
+        for kind in Kind:
+            self.engine.execute(f"DROP TABLE IF EXISTS {names(kind)}")
+        with self._lock:
+            for kind in Kind:
+                self._known.pop((project, model, kind), None)
+
+    def drop_stale_staging(self) -> None:
+        """Staging tables left by a crash are empty Memory tables; drop the old ones."""
+        got = self.engine.query_columns(
+            "SELECT name FROM system.tables WHERE database = %(db)s AND name LIKE '\\\\_staging\\\\_%%' "
+            "AND metadata_modification_time < now() - 3600",
+            {"db": self.engine.database},
+        )
+        for name in got["name"]:
+            self.engine.execute(f"DROP TABLE IF EXISTS `{self.engine.database}`.`{name}`")
+
+    def check_version(self, version: str) -> None:
+        try:
+            check_name(version, VERSION_PATTERN, "version")
+        except ValueError as exc:
+            raise InvalidInput(str(exc)) from exc
+
+
+def _iso(epoch: Any) -> str | None:
+    if epoch is None:
+        return None
+    return datetime.fromtimestamp(int(epoch), tz=UTC).isoformat().replace("+00:00", "Z")
