@@ -22,6 +22,12 @@ class Settings(BaseSettings):
         default=None,
         description="clickhouse://user:pass@host:9000/db; unset means the embedded chDB store under home.",
     )
+    events_dir: Path | None = Field(default=None, description="chDB data dir; defaults to <home>/events.")
+    events_database: str = Field(
+        default="driftline",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Database of the embedded store.",
+    )
     clickhouse_cluster: str | None = Field(default=None, description="Cluster name for sharded tables.")
     database_url: str | None = Field(
         default=None, description="SQLAlchemy URL; unset means SQLite under home."
@@ -58,7 +64,7 @@ class Settings(BaseSettings):
     scheduler_enabled: bool = True
     retention_days: int = Field(default=400, ge=1)
 
-    @field_validator("home", "spool_dir", mode="after")
+    @field_validator("home", "spool_dir", "events_dir", mode="after")
     @classmethod
     def _expand(cls, value: Path | None) -> Path | None:
         return value.expanduser().resolve() if value is not None else None
@@ -81,7 +87,7 @@ class Settings(BaseSettings):
 
     @property
     def chdb_path(self) -> Path:
-        return self.home / "events"
+        return self.events_dir or self.home / "events"
 
 
 @lru_cache(maxsize=1)

@@ -66,8 +66,8 @@ class FeedbackBatch(BaseModel):
 
 
 class ReferenceRecord(PredictionRecord):
-    request_id: str = ""  # type: ignore[assignment]
-    version: str = ""  # type: ignore[assignment]
+    request_id: str = ""
+    version: str = ""
     label: str | int | float | bool | None = None
 
 

@@ -53,7 +53,9 @@ def create_app(settings: Settings | None = None, *, state: AppState | None = Non
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = state is None
-        app_state = state or await run_in_threadpool(AppState.open, settings, metrics=metrics)
+        app_state: AppState = (
+            state if state is not None else await run_in_threadpool(AppState.open, settings, metrics=metrics)
+        )
         app.state.driftline = app_state
         if owned:
             app_state.start()

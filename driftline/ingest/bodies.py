@@ -59,9 +59,11 @@ def parse_json(body: bytes) -> Any:
 def _csv_types(schema: ModelSchema) -> dict[str, pa.DataType]:
     """Columns CSV must not guess: ids and classes stay text even when they look like numbers."""
     types: dict[str, pa.DataType] = {"request_id": pa.string(), "version": pa.string(), "error": pa.string()}
-    for spec in [*schema.features, *schema.metadata]:
-        if spec.kind is FeatureKind.CATEGORICAL:
-            types[spec.name] = pa.string()
+    for name, kind in [(f.name, f.kind) for f in schema.features] + [
+        (m.name, m.kind) for m in schema.metadata
+    ]:
+        if kind is FeatureKind.CATEGORICAL:
+            types[name] = pa.string()
     if schema.task is not Task.REGRESSION:
         types["prediction"] = pa.string()
         types["label"] = pa.string()

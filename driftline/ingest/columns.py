@@ -15,7 +15,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import pyarrow as pa
@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 from driftline.errors import InvalidInput
 from driftline.schema import canonical_class
 
-Raw = list[Any] | pa.Array | pa.ChunkedArray
+Raw: TypeAlias = "list[Any] | pa.Array | pa.ChunkedArray"
 MAX_ERRORS = 50
 MIN_EPOCH = 946_684_800  # 2000-01-01: earlier event times are taken for mistakes
 MAX_STRING = 4096

@@ -90,7 +90,7 @@ class JsonSource:
         self._meta = self._nested("metadata", errors)
 
     def _nested(self, key: str, errors: RowErrors) -> list[dict[str, Any]]:
-        out = []
+        out: list[dict[str, Any]] = []
         for i, r in enumerate(self.records):
             value = r.get(key)
             if value is None:
@@ -418,7 +418,7 @@ def _prediction_body(schema: ModelSchema, src: Source, errors: RowErrors) -> dic
         err, bad = strings(raw_error)
         errors.add_rows(np.flatnonzero(bad), "error", lambda i: "must be a string")
         out["error"] = err
-    rows, stages, values = src.timings()
+    rows, stages, stage_ms = src.timings()
     if len(rows):
         stage_arr, bad_stage = strings(stages)
         stage_len = np.nan_to_num(
@@ -428,7 +428,7 @@ def _prediction_body(schema: ModelSchema, src: Source, errors: RowErrors) -> dic
         errors.add_rows(
             rows[bad_stage], "timings", lambda i: "must map stage names (1-64 chars) to milliseconds"
         )
-        ms, bad_ms = floats(values)
+        ms, bad_ms = floats(stage_ms)
         bad_ms |= np.isnan(ms) | (ms < 0)
         errors.add_rows(rows[bad_ms & ~bad_stage], "timings", lambda i: "stage times must be numbers >= 0")
         out["timing_stage"] = list_array(rows, stage_arr.to_pylist(), n, pa.string())

@@ -64,7 +64,7 @@ def model_out(state: AppState, info: ModelInfo, *, with_counts: bool) -> ModelOu
         project=info.project,
         task=info.task,
         owner=info.owner,
-        schema=info.schema,
+        schema_=info.schema,
         versions=[version_out(v, reference.get(v.version)) for v in info.versions],
         created_at=info.created_at,
         updated_at=info.updated_at,
@@ -205,5 +205,5 @@ def get_prediction(
         project=info.project,
         version=version_out(version).model_dump(mode="json") if version else None,
         record=record,
-        schema=info.schema,
+        schema_=info.schema,
     )

@@ -37,7 +37,7 @@ def _open(path: str) -> Any:
             )
         Path(path).mkdir(parents=True, exist_ok=True)
         try:
-            sess = chdb_session.Session(path)
+            sess = chdb_session.Session(path)  # type: ignore[no-untyped-call]
         except Exception as exc:
             raise StoreError(f"cannot open the embedded store at {path}: {exc}") from exc
         _shared[path] = (sess, 1)

@@ -71,11 +71,11 @@ def quote_literal(value: Any) -> str:
     if isinstance(value, datetime):
         if value.tzinfo is not None:
             value = value.astimezone(UTC).replace(tzinfo=None)
-        return "toDateTime('" + value.strftime("%Y-%m-%d %H:%M:%S") + "', 'UTC')"
+        return "toDateTime('" + str(value.strftime("%Y-%m-%d %H:%M:%S")) + "', 'UTC')"
     if isinstance(value, date):
         return "toDate('" + value.isoformat() + "')"
     if isinstance(value, str):
-        return "'" + _ESCAPE_RE.sub(lambda m: _ESCAPES[m.group(0)], value) + "'"
+        return "'" + _ESCAPE_RE.sub(lambda m: _ESCAPES[str(m.group(0))], value) + "'"
     if isinstance(value, (list, tuple, set, frozenset, np.ndarray)):
         items = list(value)
         body = ", ".join(quote_literal(v) for v in items)
@@ -104,8 +104,13 @@ def render(sql: str, params: Mapping[str, Any] | None) -> str:
 class EventEngine(Protocol):
     """ClickHouse, embedded (chDB) or server (native protocol)."""
 
-    info: EngineInfo
-    database: str
+    @property
+    def info(self) -> EngineInfo:
+        """The server's version, for DDL that adapts to it."""
+
+    @property
+    def database(self) -> str:
+        """The database the model tables live in."""
 
     def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> None:
         """Run a statement (DDL, INSERT ... SELECT, ALTER)."""
@@ -179,4 +184,4 @@ def make_engine(settings: Settings) -> EventEngine:
         return NativeEngine(settings.clickhouse_url)
     from driftline.storage.events.chdb_engine import ChdbEngine
 
-    return ChdbEngine(settings.chdb_path)
+    return ChdbEngine(settings.chdb_path, settings.events_database)

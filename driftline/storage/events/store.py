@@ -160,15 +160,14 @@ class EventStore:
         names = self.names(project, schema.name)
         self._ready(project, schema, Kind.REFERENCE, data)
         n = data.num_rows
-        data = (
-            data.set_column(
-                data.column_names.index("version"), "version", pa.array([version] * n, pa.string())
-            )
-            if "version" in data.column_names
-            else data.append_column("version", pa.array([version] * n, pa.string()))
-        )
-        if "row" not in data.column_names:
-            data = data.append_column("row", pa.array(np.arange(n, dtype=np.uint32)))
+        for name, values in (
+            ("version", pa.array([version] * n, pa.string())),
+            ("row", pa.array(np.arange(n, dtype=np.uint32))),
+        ):
+            if name in data.column_names:
+                data = data.set_column(data.column_names.index(name), name, values)
+            else:
+                data = data.append_column(name, values)
         self.engine.execute(f"ALTER TABLE {names(Kind.REFERENCE)} DROP PARTITION %(v)s", {"v": version})
         return self.engine.insert_columns(names(Kind.REFERENCE), data)
 

@@ -1,0 +1,44 @@
+# driftline: `make demo` runs the stack on the embedded store; `make test` runs lint and the whole suite.
+# Everything is installed here, into .venv and (for the test services) from Debian's packages.
+
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PIP    := $(BIN)/python -m pip
+
+.PHONY: demo test install services lint typecheck pytest bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (Python 3.11) on PATH"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade "pip>=24"
+	$(PIP) install --quiet -c constraints.txt -e '.[dev,bench]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Services the tests start themselves (ClickHouse server, Chromium); PostgreSQL runs on the machine.
+services:
+	./scripts/install_clickhouse.sh
+
+demo: install
+	$(BIN)/driftline up
+
+lint: install
+	$(BIN)/ruff check driftline tests bench
+	$(BIN)/ruff format --check driftline tests bench
+
+typecheck: install
+	$(BIN)/mypy
+
+pytest: install services
+	$(BIN)/pytest -q
+
+test: install services lint typecheck pytest
+
+bench: install
+	$(BIN)/python bench/ingest.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache artifacts
