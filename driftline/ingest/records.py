@@ -153,6 +153,123 @@ class JsonSource:
         return np.array(rows, dtype=np.int64), stages, values
 
 
+def _sniff(records: list[Any], key: str) -> pa.DataType | None:
+    """The Arrow type of a field that may be text or number, from its first value."""
+    for r in records[:64]:
+        v = r.get(key) if type(r) is dict else None
+        if v is None:
+            continue
+        if isinstance(v, bool):
+            return pa.bool_()
+        if isinstance(v, int):
+            return pa.int64()
+        if isinstance(v, float):
+            return pa.float64()
+        return pa.string()
+    return pa.string()
+
+
+_INPUT_TYPES = {
+    FeatureKind.NUMERIC: pa.float64(),
+    FeatureKind.CATEGORICAL: pa.string(),
+    FeatureKind.BOOLEAN: pa.bool_(),
+}
+
+
+def fast_json_source(records: list[Any], schema: ModelSchema, fields: tuple[str, ...]) -> StructSource | None:
+    """Records converted by Arrow in one pass against the types the schema expects.
+
+    Any value of another type makes Arrow refuse the whole batch; the caller then takes
+    the slower per-value path, which reports exactly what is wrong.
+    """
+    if not records:
+        return None
+    members: list[tuple[str, pa.DataType]] = [
+        ("features", pa.struct([(f.name, _INPUT_TYPES[f.kind]) for f in schema.features if f.stored])),
+        ("metadata", pa.struct([(m.name, _INPUT_TYPES[m.kind]) for m in schema.metadata if m.stored])),
+    ]
+    for name in fields:
+        if name in ("timestamp", "prediction", "label"):
+            members.append((name, _sniff(records, name)))
+        elif name in ("score", "latency_ms"):
+            members.append((name, pa.float64()))
+        elif name == "scores":
+            members.append((name, pa.struct([(c, pa.float64()) for c in schema.classes])))
+        elif name == "timings":
+            members.append((name, pa.map_(pa.string(), pa.float64())))
+        else:
+            members.append((name, pa.string()))
+    try:
+        arr = pa.array(records, type=pa.struct(members))
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
+        return None
+    if arr.null_count:
+        return None
+    return StructSource(arr, records)
+
+
+class StructSource:
+    """JSON records already converted by Arrow (see fast_json_source)."""
+
+    def __init__(self, arr: pa.StructArray, records: list[dict[str, Any]]) -> None:
+        self.n = len(arr)
+        self.arr = arr
+        self.records = records
+        names = {arr.type.field(i).name for i in range(arr.type.num_fields)}
+        self._fields = {name: arr.field(name) for name in names}
+        self._features = arr.field("features")
+        self._meta = arr.field("metadata")
+
+    def get(self, name: str) -> Raw | None:
+        col = self._fields.get(name)
+        if col is None or col.null_count == self.n:
+            return None
+        return col
+
+    def _member(self, struct: pa.StructArray, name: str) -> Raw | None:
+        try:
+            return struct.field(name)
+        except KeyError:
+            return None
+
+    def feature(self, name: str) -> Raw | None:
+        return self._member(self._features, name)
+
+    def meta(self, name: str) -> Raw | None:
+        return self._member(self._meta, name)
+
+    def unknown_features(self, known: Collection[str]) -> dict[str, np.ndarray]:
+        feats = [r.get("features") or {} for r in self.records]
+        metas = [r.get("metadata") or {} for r in self.records]
+        names = set().union(*feats, *metas) - set(known)
+        return {
+            n: np.array([n in f or n in m for f, m in zip(feats, metas, strict=True)]) for n in sorted(names)
+        }
+
+    def class_scores(self, classes: list[str]) -> list[Raw] | None:
+        col = self._fields.get("scores")
+        if col is None or col.null_count == self.n:
+            return None
+        return [col.field(c) for c in classes]
+
+    def scores_malformed(self) -> list[int]:
+        return []
+
+    def timings(self) -> tuple[np.ndarray, list[Any], list[Any]]:
+        col = self._fields.get("timings")
+        if col is None or col.null_count == self.n:
+            return np.zeros(0, dtype=np.int64), [], []
+        offsets = np.asarray(col.offsets.to_numpy(zero_copy_only=False), dtype=np.int64)
+        counts = np.diff(offsets)
+        rows = np.repeat(np.arange(self.n, dtype=np.int64), counts)
+        start, end = int(offsets[0]), int(offsets[-1])
+        return (
+            rows,
+            col.keys.slice(start, end - start).to_pylist(),
+            col.items.slice(start, end - start).to_pylist(),
+        )
+
+
 class ArrowSource:
     """A flat table: one row per record, fields and features as columns of their own name."""
 

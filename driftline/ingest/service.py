@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -26,8 +27,10 @@ from driftline.ingest.records import (
     build_labels,
     build_predictions,
     build_reference,
+    fast_json_source,
 )
 from driftline.ingest.state import AppState
+from driftline.schema import ModelSchema
 from driftline.storage.events import Kind
 from driftline.storage.meta.records import ModelInfo
 
@@ -79,10 +82,11 @@ def _keys(kind: Kind, table: pa.Table) -> list[str]:
     return list(pc.binary_join_element_wise(*parts, "\x00").to_pylist())
 
 
-def ingest(state: AppState, project: str, kind: Kind, model: str, make_source: Any) -> IngestResult:
+def ingest(state: AppState, project: str, kind: Kind, model: str, rows: list[Any] | pa.Table) -> IngestResult:
     """Check a batch, drop what this process knows to be a retry, make the rest durable."""
     now = time.time()
     info = state.models.get(project, model)
+    make_source = source_for(rows, kind, info.schema)
     errors = RowErrors()
     src = make_source(errors)
     try:
@@ -131,16 +135,57 @@ def ingest(state: AppState, project: str, kind: Kind, model: str, make_source: A
     )
 
 
-def json_source(records: list[Any]) -> Any:
-    return lambda errors: JsonSource(records, errors)
+_FIELDS = {
+    Kind.PREDICTIONS: (
+        "request_id",
+        "version",
+        "timestamp",
+        "prediction",
+        "score",
+        "scores",
+        "latency_ms",
+        "timings",
+        "status",
+        "error",
+    ),
+    Kind.LABELS: ("request_id", "label", "timestamp"),
+    Kind.FEEDBACK: ("request_id", "outcome", "reviewer", "label", "comment", "timestamp"),
+    Kind.REFERENCE: (
+        "request_id",
+        "timestamp",
+        "prediction",
+        "score",
+        "scores",
+        "latency_ms",
+        "timings",
+        "status",
+        "error",
+        "label",
+    ),
+}
 
 
-def arrow_source(table: pa.Table) -> Any:
-    return lambda errors: ArrowSource(table)
+def source_for(rows: list[Any] | pa.Table, kind: Kind, schema: ModelSchema) -> Callable[[RowErrors], Source]:
+    """Arrow's one-pass conversion when every value has the expected type, else the checking path."""
+    if isinstance(rows, pa.Table):
+        table = rows
+        return lambda errors: ArrowSource(table)
+    fast = fast_json_source(rows, schema, _FIELDS[kind])
+
+    def make(errors: RowErrors) -> Source:
+        return fast if fast is not None else JsonSource(rows, errors)
+
+    return make
 
 
 def upload_reference(
-    state: AppState, project: str, model: str, version: str, src_factory: Any, fmt: str, key_id: int | None
+    state: AppState,
+    project: str,
+    model: str,
+    version: str,
+    rows: list[Any] | pa.Table,
+    fmt: str,
+    key_id: int | None,
 ) -> ReferenceResult:
     """Replace a version's reference rows; the store must take them now (no spool)."""
     info = state.models.get(project, model)
@@ -151,9 +196,8 @@ def upload_reference(
 
             raise NotFound(f"version {version!r} of model {model!r} is not registered")
     errors = RowErrors()
-    batch = build_reference(
-        info.schema, version, src_factory(errors), errors, now=time.time(), hasher=state.hasher
-    )
+    src = source_for(rows, Kind.REFERENCE, info.schema)(errors)
+    batch = build_reference(info.schema, version, src, errors, now=time.time(), hasher=state.hasher)
     if batch.rows == 0:
         raise InvalidInput("the reference data has no rows")
     rows = state.events.replace_reference(project, info.schema, version, batch.table)

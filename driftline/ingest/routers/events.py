@@ -48,7 +48,7 @@ async def _handle(
             name, records = service.split_json(payload, state.settings.max_batch_rows)
             if model is not None and model != name:
                 raise InvalidInput(f"?model={model!r} and the body's model {name!r} differ")
-            return service.ingest(state, key.project, kind, name, service.json_source(records))
+            return service.ingest(state, key.project, kind, name, records)
 
         return await run_in_threadpool(run)
     if model is None:
@@ -58,7 +58,7 @@ async def _handle(
     def run_bulk() -> IngestResult:
         info = state.models.get(key.project, model)
         table = bodies.parse_table(body, media, info.schema)
-        return service.ingest(state, key.project, kind, model, service.arrow_source(table))
+        return service.ingest(state, key.project, kind, model, table)
 
     return await run_in_threadpool(run_bulk)
 

@@ -176,11 +176,11 @@ async def put_reference(
             records = payload.get("records") if isinstance(payload, dict) else None
             if not isinstance(records, list):
                 raise InvalidInput("the body must be a JSON object with a 'records' list")
-            factory = service.json_source(records)
+            rows: list[Any] | Any = records
         else:
-            factory = service.arrow_source(bodies.parse_table(body, media, info.schema))
+            rows = bodies.parse_table(body, media, info.schema)
         return service.upload_reference(
-            state, key.project, model, version, factory, bodies.reference_format(media), key.id
+            state, key.project, model, version, rows, bodies.reference_format(media), key.id
         )
 
     return await run_in_threadpool(run)

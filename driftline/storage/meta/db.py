@@ -1,0 +1,208 @@
+"""Engines and transactions of the metadata store.
+
+SQLite is the embedded default and PostgreSQL the production store; both are
+driven through one engine factory so that the rest of the code never branches on
+the backend. Nothing connects until the first transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.exc import (
+    ArgumentError,
+    DataError,
+    DBAPIError,
+    IntegrityError,
+    InterfaceError,
+    NoSuchModuleError,
+    OperationalError,
+)
+from sqlalchemy.orm import Session, sessionmaker
+
+from driftline.errors import Conflict, InvalidInput, StoreError
+from driftline.storage.meta.keys import KeyRepository
+from driftline.storage.meta.projects import ProjectRepository
+from driftline.storage.meta.registry import ModelRepository, ReferenceRepository, VersionRepository
+
+if TYPE_CHECKING:
+    from driftline.config import Settings
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+PG_CONNECT_TIMEOUT_S = 10
+_READONLY = "driftline_readonly"
+
+
+def normalize_url(url: str | URL) -> URL:
+    """Parse a database URL; plain `postgresql://` means psycopg 3, the driver installed."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise InvalidInput(f"invalid database URL: {exc}") from exc
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+        raise InvalidInput(
+            f"unsupported database {parsed.get_backend_name()!r}: the metadata store runs on "
+            "sqlite or postgresql"
+        )
+    return parsed
+
+
+def make_engine(url: str | URL, **kwargs: Any) -> Engine:
+    """An engine configured for the store: WAL and foreign keys on SQLite, pre-ping on PostgreSQL.
+
+    Extra keyword arguments go to `sqlalchemy.create_engine` (pool sizes, echo).
+    """
+    parsed = normalize_url(url)
+    try:
+        if parsed.get_backend_name() == "sqlite":
+            return _sqlite_engine(parsed, **kwargs)
+        connect_args = {"connect_timeout": PG_CONNECT_TIMEOUT_S, **kwargs.pop("connect_args", {})}
+        return create_engine(parsed, pool_pre_ping=True, connect_args=connect_args, **kwargs)
+    except (ArgumentError, NoSuchModuleError) as exc:
+        raise InvalidInput(f"cannot build an engine for {parsed.render_as_string()}: {exc}") from exc
+
+
+def _sqlite_engine(url: URL, **kwargs: Any) -> Engine:
+    database = url.database
+    if database and database != ":memory:" and not database.startswith("file:"):
+        # The data dir may not exist on a first start.
+        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    connect_args = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, **kwargs.pop("connect_args", {})}
+    engine = create_engine(url, connect_args=connect_args, **kwargs)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # The driver's own transaction handling starts transactions late and breaks
+        # savepoints; SQLAlchemy emits BEGIN itself (see _on_begin).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute("PRAGMA foreign_keys = ON")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        # A writing transaction takes the write lock up front: a deferred transaction that
+        # reads, then writes, fails at once with SQLITE_BUSY when another writer committed in
+        # between, where an immediate one waits for busy_timeout.
+        readonly = conn.get_execution_options().get(_READONLY, False)
+        conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
+
+    return engine
+
+
+def is_sqlite(engine: Engine | Connection) -> bool:
+    return engine.dialect.name == "sqlite"
+
+
+@dataclass(frozen=True)
+class Repositories:
+    """Every repository bound to one transaction's session."""
+
+    session: Session
+    projects: ProjectRepository
+    keys: KeyRepository
+    models: ModelRepository
+    versions: VersionRepository
+    references: ReferenceRepository
+
+
+class MetaStore:
+    """The metadata store: one engine, and a transaction per `session()`.
+
+    Repositories never commit; the transaction boundary belongs to the caller, so a
+    request that touches several repositories commits or fails as a whole.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._sessions = sessionmaker(bind=engine, expire_on_commit=False)
+        self._readonly_sessions = sessionmaker(
+            bind=engine.execution_options(**{_READONLY: True}), expire_on_commit=False
+        )
+
+    @classmethod
+    def from_url(cls, url: str | URL, **engine_kwargs: Any) -> MetaStore:
+        return cls(make_engine(url, **engine_kwargs))
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> MetaStore:
+        return cls.from_url(settings.resolved_database_url)
+
+    @property
+    def url(self) -> URL:
+        return self.engine.url
+
+    @contextmanager
+    def session(self, *, readonly: bool = False) -> Iterator[Session]:
+        """One transaction: committed when the block ends, rolled back when it raises.
+
+        `readonly` lets SQLite readers run without taking the write lock; it is a hint,
+        not a guard, and changes nothing on PostgreSQL. Do not write in a readonly
+        transaction: on SQLite it fails at once, not after busy_timeout, when another
+        writer committed since its first read.
+        """
+        factory = self._readonly_sessions if readonly else self._sessions
+        with translate_errors(), factory.begin() as session:
+            yield session
+
+    @contextmanager
+    def repos(self, *, readonly: bool = False) -> Iterator[Repositories]:
+        """The repositories on one transaction (see `session`)."""
+        with self.session(readonly=readonly) as session:
+            yield Repositories(
+                session=session,
+                projects=ProjectRepository(session),
+                keys=KeyRepository(session),
+                models=ModelRepository(session),
+                versions=VersionRepository(session),
+                references=ReferenceRepository(session),
+            )
+
+    def ping(self) -> None:
+        """Raise StoreError unless the database answers; for readiness probes."""
+        with translate_errors(), self.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest revision (see `migrate.migrate`)."""
+        from driftline.storage.meta.migrate import migrate
+
+        migrate(self.engine)
+
+    def dispose(self) -> None:
+        """Close pooled connections; the store reconnects on next use."""
+        self.engine.dispose()
+
+
+@contextmanager
+def translate_errors() -> Iterator[None]:
+    """Map driver failures onto the driftline error tree, keeping the cause chained."""
+    try:
+        yield
+    except IntegrityError as exc:
+        # Repositories check first; this is the race two writers lost at the same time.
+        raise Conflict(f"conflicting write to the metadata store: {_first_line(exc.orig)}") from exc
+    except DataError as exc:
+        raise InvalidInput(f"value refused by the metadata store: {_first_line(exc.orig)}") from exc
+    except (OperationalError, InterfaceError) as exc:
+        raise StoreError(f"metadata store unavailable: {_first_line(exc.orig)}") from exc
+    except DBAPIError as exc:
+        if exc.connection_invalidated:
+            raise StoreError(f"metadata store connection lost: {_first_line(exc.orig)}") from exc
+        raise
+
+
+def _first_line(orig: BaseException | None) -> str:
+    return str(orig).strip().splitlines()[0] if orig is not None and str(orig).strip() else "unknown error"
