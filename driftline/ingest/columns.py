@@ -84,9 +84,14 @@ def floats(values: Raw) -> tuple[np.ndarray, np.ndarray]:
     if isinstance(values, (pa.Array, pa.ChunkedArray)):
         arr = _combine(values)
         if pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type) or pa.types.is_decimal(arr.type):
-            out = arr.cast(pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64, copy=True)
-            bad = ~np.isfinite(out) & ~np.asarray(arr.is_null().to_numpy(zero_copy_only=False), dtype=bool)
-            out[bad] = np.nan
+            out = arr.cast(pa.float64()).to_numpy(zero_copy_only=False)
+            finite = np.isfinite(out)
+            if finite.all():
+                return out, np.zeros(len(out), dtype=bool)
+            bad = ~finite & ~np.asarray(arr.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+            if bad.any():
+                out = out.copy()
+                out[bad] = np.nan
             return out, bad
         if pa.types.is_null(arr.type):
             return np.full(len(arr), np.nan), np.zeros(len(arr), dtype=bool)

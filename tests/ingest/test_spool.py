@@ -80,7 +80,7 @@ def test_full_spool_answers_503(tmp_path: Path) -> None:
 
 def test_nearly_full_disk_answers_503(tmp_path: Path) -> None:
     free = os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize
-    spool = Spool(tmp_path, max_bytes=1 << 40, min_free_bytes=free + 1)
+    spool = Spool(tmp_path, max_bytes=1 << 40, min_free_bytes=free + (1 << 30))
     with pytest.raises(Unavailable, match="disk"):
         spool.append("p", "m", "predictions", batch(0, 1))
     spool.close()

@@ -53,25 +53,32 @@ class Counts:
     reference: dict[str, int] = field(default_factory=dict)
 
 
-def _key_sql(kind: Kind) -> str:
-    if kind is Kind.PREDICTIONS:
-        return "request_id"
-    if kind is Kind.LABELS:
-        return "(request_id, ifNull(toString(label), ''))"
-    return "(request_id, reviewer, outcome)"
+def _arrow(values: np.ndarray) -> pa.Array:
+    if values.dtype == object:
+        return pa.array(values.tolist())
+    return pa.array(values, from_pandas=True)
+
+
+def block_keys(kind: Kind, data: pa.Table) -> pa.Array:
+    """One string per row that identifies the record (its request_id, plus label or reviewer)."""
+    parts = [data.column(k).cast(pa.string()).fill_null("").combine_chunks() for k in _KEYS[kind]]
+    return parts[0] if len(parts) == 1 else pc.binary_join_element_wise(*parts, "\x00")
 
 
 def dedup_block(kind: Kind, data: pa.Table) -> pa.Table:
-    """Keep the first row of each record key within one block."""
+    """Keep the first row of each record key within one block (Arrow hashing, no Python loop)."""
     if data.num_rows < 2:
         return data
-    parts = [data.column(k).cast(pa.string()).fill_null("") for k in _KEYS[kind]]
-    key = parts[0] if len(parts) == 1 else pc.binary_join_element_wise(*parts, "\x00")
-    values = np.asarray(key.to_numpy(zero_copy_only=False), dtype=object)
-    _, first = np.unique(values, return_index=True)
-    if len(first) == data.num_rows:
+    key = block_keys(kind, data)
+    if pc.count_distinct(key).as_py() == data.num_rows:
         return data
-    return data.take(pa.array(np.sort(first)))
+    firsts = (
+        pa.table({"k": key, "i": pa.array(np.arange(data.num_rows, dtype=np.int64))})
+        .group_by("k", use_threads=False)
+        .aggregate([("i", "min")])
+        .column("i_min")
+    )
+    return data.take(pc.sort_indices(firsts))
 
 
 class EventStore:
@@ -81,6 +88,7 @@ class EventStore:
         self.engine = engine
         self._known: dict[tuple[str, str, Kind], set[str]] = {}
         self._lock = threading.Lock()
+        self._insert_locks: dict[str, threading.Lock] = {}
 
     def names(self, project: str, model: str) -> TableNames:
         return TableNames(self.engine.database, project, model)
@@ -122,7 +130,14 @@ class EventStore:
     # -- writes ---------------------------------------------------------------------------
 
     def insert(self, kind: Kind, project: str, schema: ModelSchema, data: pa.Table) -> InsertResult:
-        """Insert rows whose keys are not stored yet; safe to repeat after any failure."""
+        """Insert rows whose keys are not stored yet; safe to repeat after any failure.
+
+        The keys already stored are looked up first (only among rows that could clash:
+        same request ids, and for predictions the same time range), then the rest is
+        inserted in one block. Within a process the check and the insert are one step;
+        two processes (API replicas) inserting the same new key in the same instant
+        could both pass the check, which the docs on deployment call out.
+        """
         if kind is Kind.REFERENCE:
             raise ValueError("reference rows are replaced per version, see replace_reference")
         if data.num_rows == 0:
@@ -132,27 +147,46 @@ class EventStore:
         in_block = data.num_rows - unique.num_rows
         names = self.names(project, schema.name)
         target = names(kind)
-        staging = f"`{names.database}`.`_staging_{uuid.uuid4().hex}`"
-        self.engine.execute(f"CREATE TABLE {staging} AS {target} ENGINE = Memory")
-        try:
-            self.engine.insert_columns(staging, unique)
-            existing = f"SELECT {_key_sql(kind)} FROM {target} WHERE request_id IN (SELECT request_id FROM {staging})"
-            params: dict[str, Any] = {}
-            if kind is Kind.PREDICTIONS:
-                lo, hi = pc.min_max(unique.column("ts")).values()
-                existing += " AND ts >= %(lo)s AND ts <= %(hi)s"
-                params = {"lo": lo.as_py(), "hi": hi.as_py()}
+        with self._lock:
+            lock = self._insert_locks.setdefault(target, threading.Lock())
+        with lock:  # check and insert as one step within this process
+            stored = self._stored_keys(kind, names, unique)
+            if len(stored):
+                keep = pc.invert(pc.is_in(block_keys(kind, unique), value_set=stored))
+                unique = unique.filter(keep)
+            self.engine.insert_columns(target, unique)
+        return InsertResult(inserted=unique.num_rows, duplicates=in_block + len(stored))
+
+    def _stored_keys(self, kind: Kind, names: TableNames, block: pa.Table) -> pa.Array:
+        """Keys of `block` that the table holds already."""
+        target = names(kind)
+        where = ""
+        params: dict[str, Any] = {}
+        if kind is Kind.PREDICTIONS:
+            lo, hi = pc.min_max(block.column("ts")).values()
+            params = {"lo": lo.as_py(), "hi": hi.as_py()}
+            where = "ts >= %(lo)s AND ts <= %(hi)s AND "
             got = self.engine.query_columns(
-                f"SELECT count() AS n FROM {staging} WHERE {_key_sql(kind)} IN ({existing})", params
+                f"SELECT count() AS n FROM {target} WHERE ts >= %(lo)s AND ts <= %(hi)s", params
             )
-            stored = int(got["n"][0])
-            self.engine.execute(
-                f"INSERT INTO {target} SELECT * FROM {staging} WHERE {_key_sql(kind)} NOT IN ({existing})",
+            if int(got["n"][0]) == 0:
+                return pa.array([], pa.string())
+        staging = f"`{names.database}`.`_staging_{uuid.uuid4().hex}`"
+        self.engine.execute(f"CREATE TABLE {staging} (request_id String) ENGINE = Memory")
+        try:
+            ids = pc.unique(block.column("request_id").combine_chunks())
+            self.engine.insert_columns(staging, pa.table({"request_id": ids}))
+            columns = ", ".join(_KEYS[kind])
+            got = self.engine.query_columns(
+                f"SELECT {columns} FROM {target} WHERE {where}request_id IN (SELECT request_id FROM {staging})",
                 params,
             )
         finally:
             self.engine.execute(f"DROP TABLE IF EXISTS {staging}")
-        return InsertResult(inserted=unique.num_rows - stored, duplicates=in_block + stored)
+        if not len(got["request_id"]):
+            return pa.array([], pa.string())
+        found = pa.table({k: _arrow(got[k]) for k in _KEYS[kind]})
+        return pc.unique(block_keys(kind, found))
 
     def replace_reference(self, project: str, schema: ModelSchema, version: str, data: pa.Table) -> int:
         """Make `data` the reference of a version: the old rows go, the new ones come."""

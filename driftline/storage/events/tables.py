@@ -128,11 +128,9 @@ def arrow_schema(kind: Kind, schema: ModelSchema) -> pa.Schema:
 
 
 _ENGINES = {
-    Kind.PREDICTIONS: (
-        "ReplacingMergeTree(received) PARTITION BY toYYYYMMDD(ts) ORDER BY (toStartOfHour(ts), request_id)"
-    ),
-    Kind.LABELS: "ReplacingMergeTree(received) PARTITION BY toYYYYMMDD(ts) ORDER BY request_id",
-    Kind.FEEDBACK: "ReplacingMergeTree(received) PARTITION BY toYYYYMMDD(ts) ORDER BY (request_id, reviewer)",
+    Kind.PREDICTIONS: "MergeTree PARTITION BY toYYYYMMDD(ts) ORDER BY (toStartOfHour(ts), request_id)",
+    Kind.LABELS: "MergeTree PARTITION BY toYYYYMMDD(ts) ORDER BY request_id",
+    Kind.FEEDBACK: "MergeTree PARTITION BY toYYYYMMDD(ts) ORDER BY (request_id, reviewer)",
     Kind.REFERENCE: "MergeTree PARTITION BY version ORDER BY row",
 }
 
