@@ -1,0 +1,1 @@
+"""Tests of the Python SDK against a real API server process."""
