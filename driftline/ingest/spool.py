@@ -27,7 +27,7 @@ import orjson
 import pyarrow as pa
 from pyarrow import ipc
 
-from driftline.errors import Unavailable
+from driftline.errors import PayloadTooLarge, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,11 @@ class Spool:
         return self._pending_bytes
 
     def check_room(self, nbytes: int = 0) -> None:
-        """503 before accepting what the spool or the disk cannot hold."""
+        """503 before accepting what the spool or the disk cannot hold now; 413 for what it never could."""
+        if nbytes > self.max_bytes:
+            raise PayloadTooLarge(
+                f"this batch needs {nbytes} bytes of spool, more than its whole size ({self.max_bytes}); send smaller batches"
+            )
         if self._pending_bytes + nbytes > self.max_bytes:
             raise Unavailable("the ingest spool is full; the event store is behind or down", retry_after=10)
         free = shutil.disk_usage(self.dir).free

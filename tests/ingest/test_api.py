@@ -102,6 +102,11 @@ def test_json_predictions_stored_exactly(api: Api) -> None:
     assert rec["score"] == pytest.approx(src["score"])
     assert rec["prediction"] == ("1" if src["score"] >= 0.5 else "0")
     assert got["version"]["version"] == "v1" and got["schema"]["name"] == "fraud"
+    assert rec["features"]["vip"] is (42 % 7 == 0)  # booleans read back as booleans
+    odd = {**records[0], "request_id": "a/b c?d"}
+    assert post_json(api, "/v1/predictions", {"model": "fraud", "records": [odd]}).status_code == 202
+    api.flush()
+    assert api.get("/v1/models/fraud/predictions/a%2Fb%20c%3Fd").json()["record"]["request_id"] == "a/b c?d"
 
 
 def test_bulk_parquet_arrow_csv(api: Api) -> None:

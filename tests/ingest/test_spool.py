@@ -70,11 +70,21 @@ def test_concurrent_writers_share_fsyncs_and_lose_nothing(tmp_path: Path) -> Non
 
 def test_full_spool_answers_503(tmp_path: Path) -> None:
     spool = Spool(tmp_path, max_bytes=1024 * 1024)
-    big = pa.table({"request_id": ["x" * 1000] * 2000})
+    spool.append("p", "m", "predictions", pa.table({"request_id": ["x" * 1000] * 600}))
+    big = pa.table({"request_id": ["y" * 1000] * 600})
     with pytest.raises(Unavailable) as info:
         spool.append("p", "m", "predictions", big)
     assert info.value.retry_after > 0
-    assert ids(spool) == []
+    assert len(ids(spool)) == 600
+    spool.close()
+
+
+def test_batch_larger_than_the_whole_spool_is_413(tmp_path: Path) -> None:
+    from driftline.errors import PayloadTooLarge
+
+    spool = Spool(tmp_path, max_bytes=1024 * 1024)
+    with pytest.raises(PayloadTooLarge):
+        spool.append("p", "m", "predictions", pa.table({"request_id": ["x" * 1000] * 4000}))
     spool.close()
 
 

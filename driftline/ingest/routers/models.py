@@ -187,7 +187,7 @@ async def put_reference(
 
 
 @router.get(
-    "/{model}/predictions/{request_id}",
+    "/{model}/predictions/{request_id:path}",
     response_model=StoredPrediction,
     responses=_ERRORS,
     summary="A stored prediction with its version, schema, label and feedback",

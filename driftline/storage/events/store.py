@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from driftline.errors import InvalidInput, StoreError
-from driftline.schema import VERSION_PATTERN, ModelSchema, check_name
+from driftline.schema import VERSION_PATTERN, FeatureKind, ModelSchema, check_name
 from driftline.storage.events.engine import EventEngine, rows
 from driftline.storage.events.tables import (
     FEATURE_PREFIX,
@@ -29,6 +29,7 @@ from driftline.storage.events.tables import (
     TableNames,
     add_columns,
     columns,
+    create_ids_table,
     create_table,
 )
 
@@ -98,6 +99,7 @@ class EventStore:
     def ensure_model(self, project: str, schema: ModelSchema) -> None:
         """Create the model's tables, or add the Nullable columns a grown schema needs."""
         names = self.names(project, schema.name)
+        self.engine.execute(create_ids_table(names))
         for kind in Kind:
             self.engine.execute(create_table(names, kind, schema, self.engine.info))
             present = self._columns(names, kind)
@@ -155,32 +157,37 @@ class EventStore:
                 keep = pc.invert(pc.is_in(block_keys(kind, unique), value_set=stored))
                 unique = unique.filter(keep)
             self.engine.insert_columns(target, unique)
+            if kind is Kind.PREDICTIONS and unique.num_rows:
+                self.engine.insert_columns(names.ids(), unique.select(["request_id", "ts"]))
         return InsertResult(inserted=unique.num_rows, duplicates=in_block + len(stored))
 
     def _stored_keys(self, kind: Kind, names: TableNames, block: pa.Table) -> pa.Array:
-        """Keys of `block` that the table holds already."""
+        """Keys of `block` that the table holds already.
+
+        Labels and feedback are ordered by request_id, so the lookup uses their primary
+        key. Predictions are ordered by time: their request ids are also kept in an index
+        table ordered by request_id (catching a resend with another timestamp), and the
+        block's own time range is searched too, because the index is written after the
+        rows and a crash between the two must not let a retry through twice.
+        """
         target = names(kind)
-        where = ""
-        params: dict[str, Any] = {}
-        if kind is Kind.PREDICTIONS:
-            lo, hi = pc.min_max(block.column("ts")).values()
-            params = {"lo": lo.as_py(), "hi": hi.as_py()}
-            where = "ts >= %(lo)s AND ts <= %(hi)s AND "
-            got = self.engine.query_columns(
-                f"SELECT count() AS n FROM {target} WHERE ts >= %(lo)s AND ts <= %(hi)s", params
-            )
-            if int(got["n"][0]) == 0:
-                return pa.array([], pa.string())
         staging = f"`{names.database}`.`_staging_{uuid.uuid4().hex}`"
         self.engine.execute(f"CREATE TABLE {staging} (request_id String) ENGINE = Memory")
         try:
             ids = pc.unique(block.column("request_id").combine_chunks())
             self.engine.insert_columns(staging, pa.table({"request_id": ids}))
-            columns = ", ".join(_KEYS[kind])
-            got = self.engine.query_columns(
-                f"SELECT {columns} FROM {target} WHERE {where}request_id IN (SELECT request_id FROM {staging})",
-                params,
-            )
+            in_block = f"request_id IN (SELECT request_id FROM {staging})"
+            if kind is Kind.PREDICTIONS:
+                lo, hi = pc.min_max(block.column("ts")).values()
+                got = self.engine.query_columns(
+                    f"SELECT request_id FROM {names.ids()} WHERE {in_block} "
+                    f"UNION ALL SELECT request_id FROM {target} WHERE ts >= %(lo)s AND ts <= %(hi)s AND {in_block}",
+                    {"lo": lo.as_py(), "hi": hi.as_py()},
+                )
+            else:
+                got = self.engine.query_columns(
+                    f"SELECT {', '.join(_KEYS[kind])} FROM {target} WHERE {in_block}"
+                )
         finally:
             self.engine.execute(f"DROP TABLE IF EXISTS {staging}")
         if not len(got["request_id"]):
@@ -240,8 +247,12 @@ class EventStore:
             "version": row["version"],
             "timestamp": _iso(row["ts"]),
             "received": _iso(row["received"]),
-            "features": {k[len(FEATURE_PREFIX) :]: v for k, v in row.items() if k.startswith(FEATURE_PREFIX)},
-            "metadata": {k[len(META_PREFIX) :]: v for k, v in row.items() if k.startswith(META_PREFIX)},
+            "features": {
+                f.name: _typed(f.kind, row.get(FEATURE_PREFIX + f.name)) for f in schema.features if f.stored
+            },
+            "metadata": {
+                m.name: _typed(m.kind, row.get(META_PREFIX + m.name)) for m in schema.metadata if m.stored
+            },
             "prediction": row["prediction"],
             "score": row["score"],
             "scores": dict(zip(schema.classes, row["scores"], strict=False)) if row["scores"] else None,
@@ -300,10 +311,20 @@ class EventStore:
                 if part.isdigit() and int(part) < cutoff:
                     self.engine.execute(f"ALTER TABLE {names(kind)} DROP PARTITION {int(part)}")
                     dropped += 1
+        # the id index has monthly partitions: a month goes once all its days are gone
+        month = int(day.strftime("%Y%m"))
+        got = self.engine.query_columns(
+            "SELECT DISTINCT partition FROM system.parts WHERE database = %(db)s AND table = %(table)s AND active",
+            {"db": names.database, "table": names.ids().split(".")[1].strip("`")},
+        )
+        for part in (str(p).strip("'") for p in got["partition"]):
+            if part.isdigit() and int(part) < month:
+                self.engine.execute(f"ALTER TABLE {names.ids()} DROP PARTITION {int(part)}")
         return dropped
 
     def drop_model(self, project: str, model: str) -> None:
         names = self.names(project, model)
+        self.engine.execute(f"DROP TABLE IF EXISTS {names.ids()}")
         for kind in Kind:
             self.engine.execute(f"DROP TABLE IF EXISTS {names(kind)}")
         with self._lock:
@@ -325,6 +346,12 @@ class EventStore:
             check_name(version, VERSION_PATTERN, "version")
         except ValueError as exc:
             raise InvalidInput(str(exc)) from exc
+
+
+def _typed(kind: FeatureKind, value: Any) -> Any:
+    if value is None or kind is not FeatureKind.BOOLEAN:
+        return value
+    return bool(value)
 
 
 def _iso(epoch: Any) -> str | None:

@@ -151,10 +151,27 @@ class TableNames:
     def __call__(self, kind: Kind) -> str:
         return f"`{self.database}`.`{self.bare(kind)}`"
 
+    def table(self, prefix: str) -> str:
+        """Another per-model table (summaries, indexes), by its prefix."""
+        check_name(self.project, PROJECT_PATTERN, "project")
+        check_name(self.model, MODEL_PATTERN, "model")
+        return f"`{self.database}`.`{prefix}__{self.project}__{self.model}`"
+
+    def ids(self) -> str:
+        return self.table("ids")
+
 
 def create_table(names: TableNames, kind: Kind, schema: ModelSchema, info: EngineInfo) -> str:
     body = ",\n  ".join(f"`{c.name}` {c.ddl_type(info)}" for c in columns(kind, schema))
     return f"CREATE TABLE IF NOT EXISTS {names(kind)} (\n  {body}\n) ENGINE = {_ENGINES[kind]}"
+
+
+def create_ids_table(names: TableNames) -> str:
+    """Request ids of stored predictions ordered by id, so a resend is found whatever its time."""
+    return (
+        f"CREATE TABLE IF NOT EXISTS {names.ids()} (request_id String, ts DateTime('UTC')) "
+        "ENGINE = MergeTree PARTITION BY toYYYYMM(ts) ORDER BY request_id"
+    )
 
 
 def add_columns(names: TableNames, kind: Kind, missing: list[Column], info: EngineInfo) -> str:

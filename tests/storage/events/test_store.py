@@ -148,3 +148,10 @@ def test_unsafe_identifiers_never_reach_sql(store: EventStore) -> None:
         store.names("default", "fraud`; DROP TABLE x; --")(Kind.PREDICTIONS)
     with pytest.raises(ValueError, match="invalid project"):
         store.names("Bad Project", "fraud")(Kind.PREDICTIONS)
+
+
+def test_resend_with_another_timestamp_is_still_a_duplicate(store: EventStore) -> None:
+    store.insert(Kind.PREDICTIONS, "default", SCHEMA, predictions(["same", "other"], [0, 0]))
+    later = store.insert(Kind.PREDICTIONS, "default", SCHEMA, predictions(["same", "new"], [3, 3]))
+    assert (later.inserted, later.duplicates) == (1, 1)
+    assert store.counts("default", "fraud").predictions == 3
