@@ -48,8 +48,10 @@ def json_bodies(batches: int, rows: int, rng: np.random.Generator) -> list[bytes
                 "request_id": f"j{b}-{i}",
                 "version": "v1",
                 "timestamp": START + b * rows + i,
-                "features": {**{f"x{j}": float(x[i, j]) for j in range(N_NUMERIC)},
-                             **{f"c{j}": f"k{c[i, j]}" for j in range(N_CATEGORICAL)}},
+                "features": {
+                    **{f"x{j}": float(x[i, j]) for j in range(N_NUMERIC)},
+                    **{f"c{j}": f"k{c[i, j]}" for j in range(N_CATEGORICAL)},
+                },
                 "metadata": {"channel": "web"},
                 "score": float(score[i]),
                 "latency_ms": 4.2,
@@ -76,7 +78,9 @@ def parquet_table(rows: int, rng: np.random.Generator, prefix: str) -> pa.Table:
     return pa.table(cols)
 
 
-def post_all(server: Server, bodies: list[bytes], concurrency: int, path: str, headers: dict[str, str]) -> float:
+def post_all(
+    server: Server, bodies: list[bytes], concurrency: int, path: str, headers: dict[str, str]
+) -> float:
     queue: Queue[bytes | None] = Queue()
     for b in bodies:
         queue.put(b)
@@ -122,8 +126,9 @@ def raw_chdb_insert(table: pa.Table) -> float:
 
     schema = ModelSchema.model_validate(SCHEMA)
     errors = RowErrors()
-    batch = build_predictions(schema, ["v1"], ArrowSource(table), errors, now=time.time(), max_future=86400,
-                              hasher=PiiHasher(b"k"))
+    batch = build_predictions(
+        schema, ["v1"], ArrowSource(table), errors, now=time.time(), max_future=86400, hasher=PiiHasher(b"k")
+    )
     home = tempfile.mkdtemp()
     engine = ChdbEngine(Settings(home=home).chdb_path)
     store = EventStore(engine)
@@ -137,7 +142,9 @@ def raw_chdb_insert(table: pa.Table) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--json-batches", type=int, default=300)
     parser.add_argument("--batch-rows", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=4)
@@ -159,10 +166,17 @@ def main() -> None:
         httpx.post(server.url + "/v1/models", json=SCHEMA, headers=server.headers).raise_for_status()
         httpx.post(server.url + "/v1/models/bench/versions", json={"version": "v1"}, headers=server.headers)
         json_rows = args.json_batches * args.batch_rows
-        t_json = post_all(server, bodies, args.concurrency, "/v1/predictions", {"Content-Type": "application/json"})
+        t_json = post_all(
+            server, bodies, args.concurrency, "/v1/predictions", {"Content-Type": "application/json"}
+        )
         after_json = count(server)
-        t_pq = post_all(server, parquet, 2, "/v1/predictions?model=bench",
-                        {"Content-Type": "application/vnd.apache.parquet"})
+        t_pq = post_all(
+            server,
+            parquet,
+            2,
+            "/v1/predictions?model=bench",
+            {"Content-Type": "application/vnd.apache.parquet"},
+        )
         after_pq = count(server)
     assert after_json == json_rows, (after_json, json_rows)
     assert after_pq == json_rows + per_file * args.parquet_files, after_pq
@@ -171,13 +185,19 @@ def main() -> None:
     raw_rate = pq_rows / t_raw
     print()
     print(f"{'path':<44}{'rows':>11}{'seconds':>10}{'rows/s':>12}{'target':>10}")
-    print(f"{'JSON, 1,000-row batches, HTTP -> store':<44}{json_rows:>11,}{t_json:>10.2f}{json_rows / t_json:>12,.0f}"
-          f"{'50,000':>10}")
-    print(f"{'Parquet bodies, HTTP -> store':<44}{pq_rows:>11,}{t_pq:>10.2f}{pq_rows / t_pq:>12,.0f}{'500,000':>10}")
+    print(
+        f"{'JSON, 1,000-row batches, HTTP -> store':<44}{json_rows:>11,}{t_json:>10.2f}{json_rows / t_json:>12,.0f}"
+        f"{'50,000':>10}"
+    )
+    print(
+        f"{'Parquet bodies, HTTP -> store':<44}{pq_rows:>11,}{t_pq:>10.2f}{pq_rows / t_pq:>12,.0f}{'500,000':>10}"
+    )
     print(f"{'peer: raw chDB insert, in-process':<44}{pq_rows:>11,}{t_raw:>10.2f}{raw_rate:>12,.0f}")
     print()
-    print(f"JSON ingest runs at {json_rows / t_json / raw_rate:.2f}x and Parquet ingest at "
-          f"{pq_rows / t_pq / raw_rate:.2f}x the raw store insert (counts verified exactly).")
+    print(
+        f"JSON ingest runs at {json_rows / t_json / raw_rate:.2f}x and Parquet ingest at "
+        f"{pq_rows / t_pq / raw_rate:.2f}x the raw store insert (counts verified exactly)."
+    )
 
 
 if __name__ == "__main__":
