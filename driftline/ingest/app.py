@@ -5,15 +5,16 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import driftline
 from driftline.config import Settings, get_settings
@@ -31,6 +32,55 @@ from driftline.ingest.telemetry import Metrics, configure_logging, request_id_va
 log = logging.getLogger("driftline.api")
 
 _DOC_MODELS = (PredictionBatch, LabelBatch, FeedbackBatch, ReferenceBody)
+
+
+class ObserveMiddleware:
+    """Request id, metrics and a last-resort 500, as plain ASGI.
+
+    Starlette's decorator middleware re-streams every body through a task; for
+    megabyte ingest bodies that costs more than the ingest itself.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        rid = (headers.get(b"x-request-id") or uuid.uuid4().hex.encode()).decode("latin-1")[:64]
+        token = request_id_var.set(rid)
+        start = time.perf_counter()
+        status = 500
+        started = False
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status, started
+            if message["type"] == "http.response.start":
+                started = True
+                status = int(message["status"])
+                message = {
+                    **message,
+                    "headers": [*message.get("headers", []), (b"x-request-id", rid.encode())],
+                }
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except Exception:
+            log.exception("unhandled error")
+            if not started:
+                response = JSONResponse({"detail": "internal error"}, status_code=500)
+                await response(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", "unmatched")
+            method = str(scope.get("method", ""))
+            self.metrics.requests.labels(method, path, str(status)).inc()
+            self.metrics.latency.labels(method, path).observe(time.perf_counter() - start)
+            request_id_var.reset(token)
 
 
 def _error_response(exc: DriftlineError) -> JSONResponse:
@@ -93,27 +143,7 @@ def create_app(settings: Settings | None = None, *, state: AppState | None = Non
             {"detail": f"field {first['field']!r}: {first['error']}", "errors": errors}, status_code=422
         )
 
-    @app.middleware("http")
-    async def observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        rid = request.headers.get("x-request-id") or uuid.uuid4().hex
-        token = request_id_var.set(rid[:64])
-        start = time.perf_counter()
-        status = 500
-        try:
-            response = await call_next(request)
-            status = response.status_code
-            response.headers["X-Request-ID"] = rid[:64]
-            return response
-        except Exception:
-            log.exception("unhandled error")
-            return JSONResponse({"detail": "internal error"}, status_code=500)
-        finally:
-            route = request.scope.get("route")
-            path = getattr(route, "path", "unmatched")
-            elapsed = time.perf_counter() - start
-            metrics.requests.labels(request.method, path, str(status)).inc()
-            metrics.latency.labels(request.method, path).observe(elapsed)
-            request_id_var.reset(token)
+    app.add_middleware(ObserveMiddleware, metrics=metrics)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema:

@@ -46,6 +46,7 @@ class Flusher:
         self.metrics = metrics
         self.interval = interval
         self.max_rows = max_rows
+        self.batch_bytes = 32 * 1024 * 1024
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()  # one flush at a time (thread or explicit)
@@ -72,15 +73,13 @@ class Flusher:
     def _run(self) -> None:
         backoff = self.interval
         while not self._stop.is_set():
-            self.spool.wait_for_data(self.interval)
+            # gather for an interval (large blocks make cheap inserts), or less when much is waiting
+            self.spool.wait_for_data(self.interval, min_bytes=self.batch_bytes)
             if self._stop.is_set():
                 return
             try:
-                flushed = self.flush_once()
+                self.flush_once()
                 backoff = self.interval
-                if flushed:
-                    continue
-                self._stop.wait(self.interval)
             except StoreError as exc:
                 self._note_failure(exc)
                 self._stop.wait(backoff)

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from driftline.ingest.columns import (
+    MAX_STRING,
     PiiHasher,
     Raw,
     RowErrors,
@@ -415,13 +416,57 @@ def _typed_values(
     return arr
 
 
+def _arrow_array(raw: Raw) -> pa.Array | None:
+    if isinstance(raw, pa.ChunkedArray):
+        return raw.combine_chunks()
+    return raw if isinstance(raw, pa.Array) else None
+
+
+def _typed_fast(spec: FeatureSpec | MetadataField, raw: Raw, dq: Violations) -> pa.Array | None:
+    """The column as it came when Arrow already typed it right: no per-value work at all."""
+    arr = _arrow_array(raw)
+    if arr is None:
+        return None
+    nullable = getattr(spec, "nullable", True)
+    if spec.kind is FeatureKind.NUMERIC and (pa.types.is_floating(arr.type) or pa.types.is_integer(arr.type)):
+        arr = arr.cast(pa.float64())
+        values = arr.to_numpy(zero_copy_only=False)
+        finite = np.isfinite(values)
+        if not finite.all() and (~finite).sum() != arr.null_count:
+            return None  # NaN or inf among the values: the checking path reports them
+        if not nullable and arr.null_count:
+            dq.add(~finite, spec.name, "missing")
+        rng = getattr(spec, "range", None)
+        if rng is not None:
+            with np.errstate(invalid="ignore"):
+                dq.add((values < rng[0]) | (values > rng[1]), spec.name, "range")
+        return arr
+    if spec.kind is FeatureKind.BOOLEAN and pa.types.is_boolean(arr.type):
+        if not nullable and arr.null_count:
+            dq.add(nulls(arr), spec.name, "missing")
+        return arr.cast(pa.uint8())
+    if (
+        spec.kind is FeatureKind.CATEGORICAL
+        and pa.types.is_string(arr.type)
+        and len(arr.buffers()[2] or b"") <= MAX_STRING
+    ):
+        if not nullable and arr.null_count:
+            dq.add(nulls(arr), spec.name, "missing")
+        return arr
+    return None
+
+
 def _input_column(
     spec: FeatureSpec | MetadataField, raw: Raw | None, n: int, dq: Violations, hasher: PiiHasher
 ) -> pa.Array:
     name = spec.name
     nullable = getattr(spec, "nullable", True)
     if raw is None:
-        raw = [None] * n
+        raw = pa.nulls(n)
+    if spec.kind is not FeatureKind.CATEGORICAL:
+        fast = _typed_fast(spec, raw, dq)
+        if fast is not None:
+            return fast
     if spec.kind is FeatureKind.NUMERIC:
         values, bad = floats(raw)
         dq.add(bad, name, "type")
@@ -439,11 +484,12 @@ def _input_column(
         if not nullable:
             dq.add(isnull & ~bad, name, "missing")
         return pa.array(ints, pa.uint8(), mask=isnull)
-    arr, bad = strings(raw, canonical=True)
-    dq.add(bad, name, "type")
-    isnull = nulls(arr) & ~bad
-    if not nullable:
-        dq.add(isnull, name, "missing")
+    arr = _typed_fast(spec, raw, dq)
+    if arr is None:
+        arr, bad = strings(raw, canonical=True)
+        dq.add(bad, name, "type")
+        if not nullable:
+            dq.add(nulls(arr) & ~bad, name, "missing")
     categories = getattr(spec, "categories", None)
     if categories:
         seen = np.asarray(

@@ -101,7 +101,9 @@ def ingest(state: AppState, project: str, kind: Kind, model: str, rows: list[Any
         errors = RowErrors()
         batch = _build(state, kind, info, make_source(errors), errors, now)
     table = batch.table
-    keys = _keys(kind, table)
+    direct_size = table.num_rows >= state.settings.direct_insert_min_rows
+    # the recent-keys courtesy is for streams of small batches; big ones get the store's exact count
+    keys = [] if direct_size else _keys(kind, table)
     seen = state.recent.seen(keys)
     duplicates = int(seen.sum())
     if duplicates:
@@ -110,7 +112,7 @@ def ingest(state: AppState, project: str, kind: Kind, model: str, rows: list[Any
     accepted = table.num_rows
     if accepted:
         direct = False
-        if accepted >= state.settings.direct_insert_min_rows:
+        if direct_size:
             try:
                 result = state.events.insert(kind, project, info.schema, table)
                 duplicates += result.duplicates

@@ -101,6 +101,7 @@ class Spool:
         self._write_lock = threading.Lock()
         self._sync_lock = threading.Lock()
         self._changed = threading.Condition()
+        self._flush_asked = False
         self.checkpoint = self._read_checkpoint()
         segments = self._segments()
         for seg in segments:
@@ -284,15 +285,29 @@ class Spool:
             self._pending_bytes = max(self._pending_bytes - nbytes, 0)
             self._changed.notify_all()
 
-    def wait_for_data(self, timeout: float) -> None:
+    def wait_for_data(self, timeout: float, *, min_bytes: int = 1) -> None:
+        """Sleep until `min_bytes` wait to be flushed, someone asks for a flush, or `timeout`."""
+        import time
+
+        deadline = time.monotonic() + timeout
         with self._changed:
-            if self._pending_bytes == 0:
-                self._changed.wait(timeout)
+            while not self._flush_asked and self._pending_bytes < min_bytes:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._changed.wait(remaining)
+            self._flush_asked = False
+
+    def ask_flush(self) -> None:
+        with self._changed:
+            self._flush_asked = True
+            self._changed.notify_all()
 
     def wait_empty(self, timeout: float) -> bool:
         import time
 
         deadline = time.monotonic() + timeout
+        self.ask_flush()
         with self._changed:
             while self._pending_bytes > 0:
                 remaining = deadline - time.monotonic()

@@ -71,7 +71,7 @@ def dedup_block(kind: Kind, data: pa.Table) -> pa.Table:
     if data.num_rows < 2:
         return data
     key = block_keys(kind, data)
-    if pc.count_distinct(key).as_py() == data.num_rows:
+    if len(pc.unique(key)) == data.num_rows:
         return data
     firsts = (
         pa.table({"k": key, "i": pa.array(np.arange(data.num_rows, dtype=np.int64))})
