@@ -1,0 +1,503 @@
+"""Phase one of detection: compact, mergeable summaries computed inside ClickHouse.
+
+Per model, version and hourly bucket, one pass over the raw rows writes:
+
+- `numsum`: per numeric column (features, score, regression prediction, latency, stage
+  timings) the count, sum, sum of squares, min, max and a t-digest state;
+- `catsum`: per categorical column (features, booleans, class predictions, status,
+  failing stage, data-quality violation codes, and numeric features the reference
+  shows to be discrete) the count of each value;
+- `ledger`: per bucket, how many raw rows the summary saw, written last.
+
+A window of any length merges its buckets with -Merge, so a detection run costs the
+same whatever the raw volume. A bucket whose raw count no longer matches its ledger
+(late rows, a replayed spool) is summarised again under a new generation; readers
+take the newest generation the ledger vouches for, so a half-written generation is
+never read. The reference of a version is summarised the same way, in chunks of rows
+(kind 'r', bucket = chunk number), so that thresholds can be learned from it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from driftline.schema import FeatureKind, ModelSchema, Task
+from driftline.storage.events import EventStore, Kind
+from driftline.storage.events.tables import FEATURE_PREFIX, META_PREFIX, TableNames
+
+log = logging.getLogger(__name__)
+
+BUCKET_SECONDS = 3600
+LEVELS = np.round(
+    np.concatenate([np.arange(1, 10) / 1000, np.arange(10, 991, 5) / 1000, np.arange(991, 1000) / 1000]), 4
+)
+NULL = "\x00"  # the value under which catsum counts nulls
+MAX_VALUES = 2000  # distinct values kept per bucket and column; the rest is the remainder of `rows`
+DISCRETE_MAX = 20  # a numeric feature with at most this many values in the reference is also counted by value
+REFERENCE_CHUNKS = 10
+
+SCORE = "@score"
+PREDICTION = "@prediction"
+LATENCY = "@latency_ms"
+STATUS = "@status"
+ERROR = "@error"
+DQ = "@dq"
+TIMING = "@timing:"
+CLASS_SCORE = "@score:"
+
+_LEVELS_SQL = ", ".join(repr(float(x)) for x in LEVELS)
+
+
+def _tables(names: TableNames) -> tuple[str, str, str]:
+    return names.table("numsum"), names.table("catsum"), names.table("ledger")
+
+
+def summary_ddl(names: TableNames) -> list[str]:
+    numsum, catsum, ledger = _tables(names)
+    state = "Float64, UInt8"
+    return [
+        f"CREATE TABLE IF NOT EXISTS {numsum} (kind String, version String, bucket DateTime('UTC'), gen UInt64, "
+        f"feature String, n AggregateFunction(countIf, UInt8), s AggregateFunction(sumIf, {state}), "
+        f"s2 AggregateFunction(sumIf, {state}), mn AggregateFunction(minIf, {state}), "
+        f"mx AggregateFunction(maxIf, {state}), td AggregateFunction(quantilesTDigestIf(0.5), {state})) "
+        "ENGINE = AggregatingMergeTree PARTITION BY toYYYYMM(bucket) ORDER BY (kind, version, feature, bucket, gen)",
+        f"CREATE TABLE IF NOT EXISTS {catsum} (kind String, version String, bucket DateTime('UTC'), gen UInt64, "
+        "feature String, value String, n UInt64) "
+        "ENGINE = SummingMergeTree(n) PARTITION BY toYYYYMM(bucket) ORDER BY (kind, version, feature, bucket, gen, value)",
+        f"CREATE TABLE IF NOT EXISTS {ledger} (kind String, version String, bucket DateTime('UTC'), gen UInt64, "
+        "rows UInt64, last_ts DateTime('UTC'), info String, created DateTime('UTC')) "
+        "ENGINE = MergeTree PARTITION BY toYYYYMM(bucket) ORDER BY (kind, version, bucket, gen)",
+    ]
+
+
+# -- what a summary pass reads ------------------------------------------------------------
+
+
+def _num_states(expr: str, cond: str) -> list[str]:
+    return [
+        f"countIfState({cond})",
+        f"sumIfState({expr}, {cond})",
+        f"sumIfState({expr} * {expr}, {cond})",
+        f"minIfState({expr}, {cond})",
+        f"maxIfState({expr}, {cond})",
+        f"quantilesTDigestIfState(0.5)({expr}, {cond})",
+    ]
+
+
+def numeric_columns(schema: ModelSchema) -> list[tuple[str, str, str]]:
+    """(summary name, value expression, presence condition) of every numeric column."""
+    out: list[tuple[str, str, str]] = []
+    for f in schema.features:
+        if f.stored and f.kind is FeatureKind.NUMERIC:
+            col = f"`{FEATURE_PREFIX}{f.name}`"
+            out.append((f.name, f"assumeNotNull({col})", f"isNotNull({col})"))
+    for m in schema.metadata:
+        if m.stored and m.kind is FeatureKind.NUMERIC:
+            col = f"`{META_PREFIX}{m.name}`"
+            out.append((m.name, f"assumeNotNull({col})", f"isNotNull({col})"))
+    if schema.task is Task.REGRESSION:
+        out.append((PREDICTION, "assumeNotNull(prediction)", "isNotNull(prediction)"))
+    else:
+        out.append((SCORE, "assumeNotNull(score)", "isNotNull(score)"))
+    if schema.task is Task.MULTICLASS:
+        for i, c in enumerate(schema.classes, start=1):
+            out.append((CLASS_SCORE + c, f"arrayElement(scores, {i})", f"length(scores) >= {i}"))
+    out.append((LATENCY, "assumeNotNull(latency_ms)", "isNotNull(latency_ms)"))
+    return out
+
+
+def categorical_columns(schema: ModelSchema, discrete: set[str], *, live: bool) -> list[tuple[str, str]]:
+    """(summary name, Nullable(String) expression) of every column counted by value."""
+    out: list[tuple[str, str]] = []
+    for spec, prefix in [(f, FEATURE_PREFIX) for f in schema.features] + [
+        (m, META_PREFIX) for m in schema.metadata
+    ]:
+        if not spec.stored:
+            continue
+        col = f"`{prefix}{spec.name}`"
+        if spec.kind is not FeatureKind.NUMERIC or spec.name in discrete:
+            out.append((spec.name, f"CAST({col} AS Nullable(String))"))
+    if schema.task is not Task.REGRESSION:
+        out.append((PREDICTION, "CAST(prediction AS Nullable(String))"))
+    if live:
+        out.append((STATUS, "CAST(status AS Nullable(String))"))
+        out.append((ERROR, "if(status != 'ok', ifNull(error, '(unspecified)'), NULL)"))
+    return out
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a summary pass reads: live predictions (by hour) or a version's reference (by chunk)."""
+
+    kind: str  # 'p' or 'r'
+    table: str
+    bucket_expr: str
+    where: str
+    params: dict[str, Any]
+
+
+class Summarizer:
+    """Writes and reads the summaries of one event store."""
+
+    def __init__(self, events: EventStore) -> None:
+        self.events = events
+        self.engine = events.engine
+        self._ready: set[str] = set()
+
+    def ensure(self, names: TableNames) -> None:
+        key = names.table("ledger")
+        if key in self._ready:
+            return
+        for ddl in summary_ddl(names):
+            self.engine.execute(ddl)
+        self._ready.add(key)
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def _write(
+        self, names: TableNames, schema: ModelSchema, src: Source, gen: int, discrete: set[str], *, live: bool
+    ) -> None:
+        numsum, catsum, ledger = _tables(names)
+        cols = numeric_columns(schema)
+        arrays = [
+            "[" + ", ".join(f"'{name}'" for name, _, _ in cols) + "] AS names",
+        ]
+        states = [_num_states(expr, cond) for _, expr, cond in cols]
+        for i, alias in enumerate(("ns", "ss", "s2s", "mns", "mxs", "tds")):
+            arrays.append("[" + ", ".join(st[i] for st in states) + f"] AS {alias}")
+        self.engine.execute(
+            f"INSERT INTO {numsum} (kind, version, bucket, gen, feature, n, s, s2, mn, mx, td) "
+            f"SELECT '{src.kind}', version, bucket, {gen}, feature, n, s, s2, mn, mx, td FROM ("
+            f"SELECT version, {src.bucket_expr} AS bucket, {', '.join(arrays)} FROM {src.table} "
+            f"WHERE {src.where} GROUP BY version, bucket) "
+            "ARRAY JOIN names AS feature, ns AS n, ss AS s, s2s AS s2, mns AS mn, mxs AS mx, tds AS td",
+            src.params,
+        )
+        if live:
+            timing = _num_states("ms", "toUInt8(1)")
+            self.engine.execute(
+                f"INSERT INTO {numsum} (kind, version, bucket, gen, feature, n, s, s2, mn, mx, td) "
+                f"SELECT '{src.kind}', version, {src.bucket_expr} AS bucket, {gen}, concat('{TIMING}', stage) AS feature, "
+                f"{', '.join(timing)} FROM {src.table} ARRAY JOIN timing_stage AS stage, timing_ms AS ms "
+                f"WHERE {src.where} GROUP BY version, bucket, feature",
+                src.params,
+            )
+        cats = categorical_columns(schema, discrete, live=live)
+        pairs = ", ".join(f"('{name}', {expr})" for name, expr in cats)
+        values = f"arrayConcat([{pairs}], arrayMap(d -> ('{DQ}', CAST(d AS Nullable(String))), dq))"
+        self.engine.execute(
+            f"INSERT INTO {catsum} (kind, version, bucket, gen, feature, value, n) "
+            f"SELECT '{src.kind}', version, bucket, {gen}, kv.1 AS feature, ifNull(kv.2, %(null)s) AS value, "
+            f"count() AS n FROM (SELECT version, {src.bucket_expr} AS bucket, arrayJoin({values}) AS kv "
+            f"FROM {src.table} WHERE {src.where}) WHERE NOT (kv.1 = '{ERROR}' AND isNull(kv.2)) "
+            f"GROUP BY version, bucket, feature, value ORDER BY n DESC LIMIT {MAX_VALUES} BY version, bucket, feature",
+            {**src.params, "null": NULL},
+        )
+        info = json.dumps({"discrete": sorted(discrete)})
+        self.engine.execute(
+            f"INSERT INTO {ledger} (kind, version, bucket, gen, rows, last_ts, info, created) "
+            f"SELECT '{src.kind}', version, {src.bucket_expr} AS bucket, {gen}, count(), max(ts), %(info)s, now() "
+            f"FROM {src.table} WHERE {src.where} GROUP BY version, bucket",
+            {**src.params, "info": info},
+        )
+
+    def discrete_features(self, project: str, schema: ModelSchema) -> set[str]:
+        """Numeric features that some reference of the model shows to take few values."""
+        names = self.events.names(project, schema.name)
+        self.ensure(names)
+        numeric = [f.name for f in schema.features if f.stored and f.kind is FeatureKind.NUMERIC]
+        if not numeric:
+            return set()
+        _, catsum, _ = _tables(names)
+        got = self.engine.query_columns(
+            f"SELECT DISTINCT feature FROM {catsum} WHERE kind = 'r' AND feature IN %(f)s",
+            {"f": tuple(numeric)},
+        )
+        return {str(f) for f in got["feature"]}
+
+    def summarize(
+        self, project: str, schema: ModelSchema, start: int, end: int, *, now: float | None = None
+    ) -> int:
+        """Bring the summaries of closed hourly buckets in [start, end) up to date; returns buckets written."""
+        names = self.events.names(project, schema.name)
+        self.ensure(names)
+        now = time.time() if now is None else now
+        end = min(end, int(now) // BUCKET_SECONDS * BUCKET_SECONDS)
+        start = start // BUCKET_SECONDS * BUCKET_SECONDS
+        if end <= start:
+            return 0
+        discrete = self.discrete_features(project, schema)
+        _, _, ledger = _tables(names)
+        table = names(Kind.PREDICTIONS)
+        raw = self.engine.query_columns(
+            f"SELECT toUInt32(toStartOfHour(ts)) AS b, count() AS n FROM {table} "
+            "WHERE ts >= toDateTime(%(lo)s, 'UTC') AND ts < toDateTime(%(hi)s, 'UTC') GROUP BY b",
+            {"lo": start, "hi": end},
+        )
+        done = self.engine.query_columns(
+            f"SELECT toUInt32(bucket) AS b, argMax(rows, gen) AS n, argMax(info, gen) AS info FROM ("
+            f"SELECT bucket, gen, sum(rows) AS rows, any(info) AS info FROM {ledger} WHERE kind = 'p' "
+            "AND bucket >= toDateTime(%(lo)s, 'UTC') AND bucket < toDateTime(%(hi)s, 'UTC') GROUP BY bucket, gen"
+            ") GROUP BY b",
+            {"lo": start, "hi": end},
+        )
+        have = {int(b): (int(n), str(i)) for b, n, i in zip(done["b"], done["n"], done["info"], strict=True)}
+        info = json.dumps({"discrete": sorted(discrete)})
+        stale = [
+            int(b) for b, n in zip(raw["b"], raw["n"], strict=True) if have.get(int(b)) != (int(n), info)
+        ]
+        if not stale:
+            return 0
+        gen = time.time_ns()
+        for chunk in _runs(sorted(stale)):
+            lo, hi = chunk[0], chunk[-1] + BUCKET_SECONDS
+            src = Source(
+                kind="p",
+                table=table,
+                bucket_expr="toStartOfHour(ts)",
+                where="ts >= toDateTime(%(lo)s, 'UTC') AND ts < toDateTime(%(hi)s, 'UTC')",
+                params={"lo": lo, "hi": hi},
+            )
+            self._write(names, schema, src, gen, discrete, live=True)
+        log.info("summarised %d buckets", len(stale), extra={"model": schema.name, "project": project})
+        return len(stale)
+
+    def summarize_reference(self, project: str, schema: ModelSchema, version: str) -> bool:
+        """Summarise a version's reference in chunks, once per upload; False when it has no rows."""
+        names = self.events.names(project, schema.name)
+        self.ensure(names)
+        _, _, ledger = _tables(names)
+        table = names(Kind.REFERENCE)
+        got = self.engine.query_columns(
+            f"SELECT count() AS n FROM {table} WHERE version = %(v)s", {"v": version}
+        )
+        rows = int(got["n"][0])
+        if rows == 0:
+            return False
+        numeric = [f for f in schema.features if f.stored and f.kind is FeatureKind.NUMERIC]
+        discrete: set[str] = set()
+        if numeric:
+            uniq = ", ".join(f"uniqExact(`{FEATURE_PREFIX}{f.name}`) AS `{f.name}`" for f in numeric)
+            counts = self.engine.query_columns(
+                f"SELECT {uniq} FROM {table} WHERE version = %(v)s", {"v": version}
+            )
+            discrete = {f.name for f in numeric if int(counts[f.name][0]) <= DISCRETE_MAX}
+        info = json.dumps({"discrete": sorted(discrete)})
+        have = self.engine.query_columns(
+            f"SELECT argMax(total, gen) AS n, argMax(info, gen) AS info FROM ("
+            f"SELECT gen, sum(rows) AS total, any(info) AS info FROM {ledger} WHERE kind = 'r' AND version = %(v)s "
+            "GROUP BY gen)",
+            {"v": version},
+        )
+        if len(have["n"]) and int(have["n"][0]) == rows and str(have["info"][0]) == info:
+            return True
+        chunk = max(-(-rows // REFERENCE_CHUNKS), 1)
+        src = Source(
+            kind="r",
+            table=table,
+            bucket_expr=f"toDateTime(intDiv(row, {chunk}), 'UTC')",
+            where="version = %(v)s",
+            params={"v": version},
+        )
+        self._write(names, schema, src, time.time_ns(), discrete, live=False)
+        return True
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def _live_gens(self, ledger: str, kind: str, where: str) -> str:
+        return (
+            f"(version, bucket, gen) IN (SELECT version, bucket, max(gen) FROM {ledger} "
+            f"WHERE kind = '{kind}' AND {where} GROUP BY version, bucket)"
+        )
+
+    def read(
+        self,
+        project: str,
+        schema: ModelSchema,
+        *,
+        kind: str,
+        start: int,
+        end: int,
+        step: int,
+        versions: list[str] | None = None,
+    ) -> dict[str, Summary]:
+        """Merged summaries per version over windows [start + i*step, start + (i+1)*step) up to `end`."""
+        names = self.events.names(project, schema.name)
+        self.ensure(names)
+        numsum, catsum, ledger = _tables(names)
+        n_windows = max(-(-(end - start) // step), 0)
+        if n_windows == 0:
+            return {}
+        where = "bucket >= toDateTime(%(lo)s, 'UTC') AND bucket < toDateTime(%(hi)s, 'UTC')"
+        params: dict[str, Any] = {"lo": start, "hi": end, "step": step}
+        if versions is not None:
+            where += " AND version IN %(versions)s"
+            params["versions"] = tuple(versions) or ("",)
+        gens = self._live_gens(ledger, kind, where)
+        window = "intDiv(toUInt32(bucket) - %(lo)s, %(step)s)"
+        led = self.engine.query_columns(
+            f"SELECT version, {window} AS w, sum(rows) AS rows, toUInt32(max(last_ts)) AS last_ts FROM {ledger} "
+            f"WHERE kind = '{kind}' AND {where} AND {gens} GROUP BY version, w",
+            params,
+        )
+        num = self.engine.query_columns(
+            f"SELECT version, {window} AS w, feature, countIfMerge(n) AS n, sumIfMerge(s) AS s, "
+            f"sumIfMerge(s2) AS s2, minIfMerge(mn) AS mn, maxIfMerge(mx) AS mx, "
+            f"quantilesTDigestIfMerge({_LEVELS_SQL})(td) AS q FROM {numsum} "
+            f"WHERE kind = '{kind}' AND {where} AND {gens} GROUP BY version, w, feature",
+            params,
+        )
+        cat = self.engine.query_columns(
+            f"SELECT version, {window} AS w, feature, value, sum(n) AS n FROM {catsum} "
+            f"WHERE kind = '{kind}' AND {where} AND {gens} GROUP BY version, w, feature, value",
+            params,
+        )
+        out: dict[str, Summary] = {}
+
+        def summary(version: str) -> Summary:
+            if version not in out:
+                out[version] = Summary.empty(version, start, step, n_windows)
+            return out[version]
+
+        for v, w, rows, last in zip(led["version"], led["w"], led["rows"], led["last_ts"], strict=True):
+            s = summary(str(v))
+            s.rows[int(w)] = int(rows)
+            s.last_ts[int(w)] = int(last)
+        for i in range(len(num["version"])):
+            s = summary(str(num["version"][i]))
+            block = s.numeric_block(str(num["feature"][i]))
+            w = int(num["w"][i])
+            block.n[w] = num["n"][i]
+            block.sum[w] = num["s"][i]
+            block.sum2[w] = num["s2"][i]
+            if block.n[w] > 0:
+                block.min[w] = num["mn"][i]
+                block.max[w] = num["mx"][i]
+                block.q[w] = np.asarray(num["q"][i], dtype=np.float64)
+        grouped: dict[tuple[str, str], list[int]] = {}
+        for i in range(len(cat["version"])):
+            grouped.setdefault((str(cat["version"][i]), str(cat["feature"][i])), []).append(i)
+        for (v, feature), idx in grouped.items():
+            s = summary(v)
+            ix = np.asarray(idx)
+            values = cat["value"][ix].astype(object)
+            uniq, inverse = np.unique(values, return_inverse=True)
+            counts = np.zeros((n_windows, len(uniq)), dtype=np.int64)
+            np.add.at(counts, (cat["w"][ix].astype(np.int64), inverse), cat["n"][ix].astype(np.int64))
+            s.categorical[feature] = CategoricalBlock(values=uniq, counts=counts)
+        return out
+
+
+def _runs(buckets: list[int]) -> list[list[int]]:
+    """Contiguous runs of hourly buckets (each summarised by one range scan), at most a day each."""
+    runs: list[list[int]] = []
+    for b in buckets:
+        if runs and b == runs[-1][-1] + BUCKET_SECONDS and len(runs[-1]) < 24:
+            runs[-1].append(b)
+        else:
+            runs.append([b])
+    return runs
+
+
+@dataclass
+class NumericBlock:
+    """One numeric column over W windows: exact moments and t-digest quantiles at LEVELS."""
+
+    n: np.ndarray
+    sum: np.ndarray
+    sum2: np.ndarray
+    min: np.ndarray
+    max: np.ndarray
+    q: np.ndarray  # (W, len(LEVELS)), NaN where a window has no values
+
+    @classmethod
+    def empty(cls, w: int) -> NumericBlock:
+        nan = np.full(w, np.nan)
+        return cls(
+            np.zeros(w), np.zeros(w), np.zeros(w), nan.copy(), nan.copy(), np.full((w, len(LEVELS)), np.nan)
+        )
+
+    def window(self, i: int) -> NumericWindow:
+        return NumericWindow(
+            n=float(self.n[i]),
+            sum=float(self.sum[i]),
+            sum2=float(self.sum2[i]),
+            min=float(self.min[i]),
+            max=float(self.max[i]),
+            q=self.q[i],
+        )
+
+
+@dataclass(frozen=True)
+class NumericWindow:
+    n: float
+    sum: float
+    sum2: float
+    min: float
+    max: float
+    q: np.ndarray
+
+    @property
+    def mean(self) -> float:
+        return self.sum / self.n if self.n else float("nan")
+
+    @property
+    def var(self) -> float:
+        """Population variance (ddof=0), as numpy's default std uses."""
+        if not self.n:
+            return float("nan")
+        return max(self.sum2 / self.n - self.mean**2, 0.0)
+
+    @property
+    def std(self) -> float:
+        return float(np.sqrt(self.var))
+
+
+@dataclass
+class CategoricalBlock:
+    """One column counted by value over W windows; NULL counts under `NULL`."""
+
+    values: np.ndarray  # (K,) object
+    counts: np.ndarray  # (W, K) int64
+
+    def window(self, i: int) -> dict[str, int]:
+        row = self.counts[i]
+        return {str(v): int(c) for v, c in zip(self.values, row, strict=True) if c}
+
+
+@dataclass
+class Summary:
+    """Summaries of one version over a grid of windows (or reference chunks)."""
+
+    version: str
+    starts: np.ndarray
+    step: int
+    rows: np.ndarray
+    last_ts: np.ndarray
+    numeric: dict[str, NumericBlock] = field(default_factory=dict)
+    categorical: dict[str, CategoricalBlock] = field(default_factory=dict)
+
+    @classmethod
+    def empty(cls, version: str, start: int, step: int, n: int) -> Summary:
+        return cls(
+            version=version,
+            starts=start + step * np.arange(n, dtype=np.int64),
+            step=step,
+            rows=np.zeros(n, dtype=np.int64),
+            last_ts=np.zeros(n, dtype=np.int64),
+        )
+
+    def numeric_block(self, feature: str) -> NumericBlock:
+        if feature not in self.numeric:
+            self.numeric[feature] = NumericBlock.empty(len(self.starts))
+        return self.numeric[feature]
+
+    @property
+    def windows(self) -> int:
+        return len(self.starts)
