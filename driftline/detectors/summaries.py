@@ -62,17 +62,18 @@ def summary_ddl(names: TableNames) -> list[str]:
     numsum, catsum, ledger = _tables(names)
     state = "Float64, UInt8"
     return [
-        f"CREATE TABLE IF NOT EXISTS {numsum} (kind String, version String, bucket DateTime('UTC'), gen UInt64, "
-        f"feature String, n AggregateFunction(countIf, UInt8), s AggregateFunction(sumIf, {state}), "
+        f"CREATE TABLE IF NOT EXISTS {numsum} (kind String, version String, slice String, bucket DateTime('UTC'), "
+        f"gen UInt64, feature String, n AggregateFunction(countIf, UInt8), s AggregateFunction(sumIf, {state}), "
         f"s2 AggregateFunction(sumIf, {state}), mn AggregateFunction(minIf, {state}), "
         f"mx AggregateFunction(maxIf, {state}), td AggregateFunction(quantilesTDigestIf(0.5), {state})) "
-        "ENGINE = AggregatingMergeTree PARTITION BY toYYYYMM(bucket) ORDER BY (kind, version, feature, bucket, gen)",
-        f"CREATE TABLE IF NOT EXISTS {catsum} (kind String, version String, bucket DateTime('UTC'), gen UInt64, "
-        "feature String, value String, n UInt64) "
-        "ENGINE = SummingMergeTree(n) PARTITION BY toYYYYMM(bucket) ORDER BY (kind, version, feature, bucket, gen, value)",
-        f"CREATE TABLE IF NOT EXISTS {ledger} (kind String, version String, bucket DateTime('UTC'), gen UInt64, "
-        "rows UInt64, last_ts DateTime('UTC'), info String, created DateTime('UTC')) "
-        "ENGINE = MergeTree PARTITION BY toYYYYMM(bucket) ORDER BY (kind, version, bucket, gen)",
+        "ENGINE = AggregatingMergeTree PARTITION BY toYYYYMM(bucket) "
+        "ORDER BY (kind, version, slice, feature, bucket, gen)",
+        f"CREATE TABLE IF NOT EXISTS {catsum} (kind String, version String, slice String, bucket DateTime('UTC'), "
+        "gen UInt64, feature String, value String, n UInt64) ENGINE = SummingMergeTree(n) "
+        "PARTITION BY toYYYYMM(bucket) ORDER BY (kind, version, slice, feature, bucket, gen, value)",
+        f"CREATE TABLE IF NOT EXISTS {ledger} (kind String, version String, slice String, bucket DateTime('UTC'), "
+        "gen UInt64, rows UInt64, last_ts DateTime('UTC'), info String, created DateTime('UTC')) "
+        "ENGINE = MergeTree PARTITION BY toYYYYMM(bucket) ORDER BY (kind, version, bucket, gen, slice)",
     ]
 
 
@@ -161,50 +162,69 @@ class Summarizer:
     # -- writing ---------------------------------------------------------------------------
 
     def _write(
-        self, names: TableNames, schema: ModelSchema, src: Source, gen: int, discrete: set[str], *, live: bool
+        self,
+        names: TableNames,
+        schema: ModelSchema,
+        src: Source,
+        gen: int,
+        discrete: set[str],
+        slices: list[str],
+        *,
+        live: bool,
     ) -> None:
+        """One generation of one source: numeric states, timings, value counts, then the ledger.
+
+        Slices ride along in the same scan: each row counts once overall (slice '') and once
+        under `field=value` for every slice field, through arrayJoin before grouping.
+        """
         numsum, catsum, ledger = _tables(names)
+        slice_expr = (
+            "arrayJoin([''"
+            + "".join(
+                f", concat('{f}=', ifNull(CAST(`{META_PREFIX}{f}` AS Nullable(String)), '(null)'))"
+                for f in slices
+            )
+            + "])"
+        )
         cols = numeric_columns(schema)
-        arrays = [
-            "[" + ", ".join(f"'{name}'" for name, _, _ in cols) + "] AS names",
-        ]
+        arrays = ["[" + ", ".join(f"'{name}'" for name, _, _ in cols) + "] AS names"]
         states = [_num_states(expr, cond) for _, expr, cond in cols]
         for i, alias in enumerate(("ns", "ss", "s2s", "mns", "mxs", "tds")):
             arrays.append("[" + ", ".join(st[i] for st in states) + f"] AS {alias}")
         self.engine.execute(
-            f"INSERT INTO {numsum} (kind, version, bucket, gen, feature, n, s, s2, mn, mx, td) "
-            f"SELECT '{src.kind}', version, bucket, {gen}, feature, n, s, s2, mn, mx, td FROM ("
-            f"SELECT version, {src.bucket_expr} AS bucket, {', '.join(arrays)} FROM {src.table} "
-            f"WHERE {src.where} GROUP BY version, bucket) "
+            f"INSERT INTO {numsum} (kind, version, slice, bucket, gen, feature, n, s, s2, mn, mx, td) "
+            f"SELECT '{src.kind}', version, slice, bucket, {gen}, feature, n, s, s2, mn, mx, td FROM ("
+            f"SELECT version, {slice_expr} AS slice, {src.bucket_expr} AS bucket, {', '.join(arrays)} "
+            f"FROM {src.table} WHERE {src.where} GROUP BY version, slice, bucket) "
             "ARRAY JOIN names AS feature, ns AS n, ss AS s, s2s AS s2, mns AS mn, mxs AS mx, tds AS td",
             src.params,
         )
         if live:
             timing = _num_states("ms", "toUInt8(1)")
             self.engine.execute(
-                f"INSERT INTO {numsum} (kind, version, bucket, gen, feature, n, s, s2, mn, mx, td) "
-                f"SELECT '{src.kind}', version, {src.bucket_expr} AS bucket, {gen}, concat('{TIMING}', stage) AS feature, "
-                f"{', '.join(timing)} FROM {src.table} ARRAY JOIN timing_stage AS stage, timing_ms AS ms "
-                f"WHERE {src.where} GROUP BY version, bucket, feature",
+                f"INSERT INTO {numsum} (kind, version, slice, bucket, gen, feature, n, s, s2, mn, mx, td) "
+                f"SELECT '{src.kind}', version, '', {src.bucket_expr} AS bucket, {gen}, "
+                f"concat('{TIMING}', stage) AS feature, {', '.join(timing)} FROM {src.table} "
+                f"ARRAY JOIN timing_stage AS stage, timing_ms AS ms WHERE {src.where} GROUP BY version, bucket, feature",
                 src.params,
             )
         cats = categorical_columns(schema, discrete, live=live)
         pairs = ", ".join(f"('{name}', {expr})" for name, expr in cats)
         values = f"arrayConcat([{pairs}], arrayMap(d -> ('{DQ}', CAST(d AS Nullable(String))), dq))"
         self.engine.execute(
-            f"INSERT INTO {catsum} (kind, version, bucket, gen, feature, value, n) "
-            f"SELECT '{src.kind}', version, bucket, {gen}, kv.1 AS feature, ifNull(kv.2, %(null)s) AS value, "
-            f"count() AS n FROM (SELECT version, {src.bucket_expr} AS bucket, arrayJoin({values}) AS kv "
-            f"FROM {src.table} WHERE {src.where}) WHERE NOT (kv.1 = '{ERROR}' AND isNull(kv.2)) "
-            f"GROUP BY version, bucket, feature, value ORDER BY n DESC LIMIT {MAX_VALUES} BY version, bucket, feature",
+            f"INSERT INTO {catsum} (kind, version, slice, bucket, gen, feature, value, n) "
+            f"SELECT '{src.kind}', version, slice, bucket, {gen}, kv.1 AS feature, ifNull(kv.2, %(null)s) AS value, "
+            f"count() AS n FROM (SELECT version, {slice_expr} AS slice, {src.bucket_expr} AS bucket, "
+            f"arrayJoin({values}) AS kv FROM {src.table} WHERE {src.where}) "
+            f"WHERE NOT (kv.1 = '{ERROR}' AND isNull(kv.2)) GROUP BY version, slice, bucket, feature, value "
+            f"ORDER BY n DESC LIMIT {MAX_VALUES} BY version, slice, bucket, feature",
             {**src.params, "null": NULL},
         )
-        info = json.dumps({"discrete": sorted(discrete)})
         self.engine.execute(
-            f"INSERT INTO {ledger} (kind, version, bucket, gen, rows, last_ts, info, created) "
-            f"SELECT '{src.kind}', version, {src.bucket_expr} AS bucket, {gen}, count(), max(ts), %(info)s, now() "
-            f"FROM {src.table} WHERE {src.where} GROUP BY version, bucket",
-            {**src.params, "info": info},
+            f"INSERT INTO {ledger} (kind, version, slice, bucket, gen, rows, last_ts, info, created) "
+            f"SELECT '{src.kind}', version, {slice_expr} AS slice, {src.bucket_expr} AS bucket, {gen}, count(), "
+            f"max(ts), %(info)s, now() FROM {src.table} WHERE {src.where} GROUP BY version, slice, bucket",
+            {**src.params, "info": _info(discrete, slices)},
         )
 
     def discrete_features(self, project: str, schema: ModelSchema) -> set[str]:
@@ -233,6 +253,7 @@ class Summarizer:
         if end <= start:
             return 0
         discrete = self.discrete_features(project, schema)
+        slices = slice_fields(schema)
         _, _, ledger = _tables(names)
         table = names(Kind.PREDICTIONS)
         raw = self.engine.query_columns(
@@ -242,7 +263,7 @@ class Summarizer:
         )
         done = self.engine.query_columns(
             f"SELECT toUInt32(bucket) AS b, argMax(rows, gen) AS n, argMax(info, gen) AS info FROM ("
-            f"SELECT bucket, gen, sum(rows) AS rows, any(info) AS info FROM {ledger} WHERE kind = 'p' "
+            f"SELECT bucket, gen, sum(rows) AS rows, any(info) AS info FROM {ledger} WHERE kind = 'p' AND slice = '' "
             "AND bucket >= toDateTime(%(lo)s, 'UTC') AND bucket < toDateTime(%(hi)s, 'UTC') GROUP BY bucket, gen"
             ") GROUP BY b",
             {"lo": start, "hi": end},
@@ -264,7 +285,7 @@ class Summarizer:
                 where="ts >= toDateTime(%(lo)s, 'UTC') AND ts < toDateTime(%(hi)s, 'UTC')",
                 params={"lo": lo, "hi": hi},
             )
-            self._write(names, schema, src, gen, discrete, live=True)
+            self._write(names, schema, src, gen, discrete, slices, live=True)
         log.info("summarised %d buckets", len(stale), extra={"model": schema.name, "project": project})
         return len(stale)
 
@@ -288,11 +309,12 @@ class Summarizer:
                 f"SELECT {uniq} FROM {table} WHERE version = %(v)s", {"v": version}
             )
             discrete = {f.name for f in numeric if int(counts[f.name][0]) <= DISCRETE_MAX}
-        info = json.dumps({"discrete": sorted(discrete)})
+        slices = slice_fields(schema)
+        info = _info(discrete, slices)
         have = self.engine.query_columns(
             f"SELECT argMax(total, gen) AS n, argMax(info, gen) AS info FROM ("
             f"SELECT gen, sum(rows) AS total, any(info) AS info FROM {ledger} WHERE kind = 'r' AND version = %(v)s "
-            "GROUP BY gen)",
+            "AND slice = '' GROUP BY gen)",
             {"v": version},
         )
         if len(have["n"]) and int(have["n"][0]) == rows and str(have["info"][0]) == info:
@@ -305,7 +327,7 @@ class Summarizer:
             where="version = %(v)s",
             params={"v": version},
         )
-        self._write(names, schema, src, time.time_ns(), discrete, live=False)
+        self._write(names, schema, src, time.time_ns(), discrete, slices, live=False)
         return True
 
     # -- reading ---------------------------------------------------------------------------
@@ -313,7 +335,7 @@ class Summarizer:
     def _live_gens(self, ledger: str, kind: str, where: str) -> str:
         return (
             f"(version, bucket, gen) IN (SELECT version, bucket, max(gen) FROM {ledger} "
-            f"WHERE kind = '{kind}' AND {where} GROUP BY version, bucket)"
+            f"WHERE kind = '{kind}' AND slice = '' AND {where} GROUP BY version, bucket)"
         )
 
     def read(
@@ -328,6 +350,35 @@ class Summarizer:
         versions: list[str] | None = None,
     ) -> dict[str, Summary]:
         """Merged summaries per version over windows [start + i*step, start + (i+1)*step) up to `end`."""
+        got = self._read(project, schema, kind, start, end, step, versions, None)
+        return {v: summary for (v, _), summary in got.items()}
+
+    def read_slices(
+        self,
+        project: str,
+        schema: ModelSchema,
+        *,
+        kind: str,
+        start: int,
+        end: int,
+        step: int,
+        field: str | None = None,
+        versions: list[str] | None = None,
+    ) -> dict[tuple[str, str], Summary]:
+        """Like `read`, per (version, slice) for the slices of `field` (or of every slice field)."""
+        return self._read(project, schema, kind, start, end, step, versions, field or "")
+
+    def _read(
+        self,
+        project: str,
+        schema: ModelSchema,
+        kind: str,
+        start: int,
+        end: int,
+        step: int,
+        versions: list[str] | None,
+        field: str | None,
+    ) -> dict[tuple[str, str], Summary]:
         names = self.events.names(project, schema.name)
         self.ensure(names)
         numsum, catsum, ledger = _tables(names)
@@ -340,37 +391,48 @@ class Summarizer:
             where += " AND version IN %(versions)s"
             params["versions"] = tuple(versions) or ("",)
         gens = self._live_gens(ledger, kind, where)
+        if field is None:
+            slice_where = "slice = ''"
+        elif field == "":
+            slice_where = "slice != ''"
+        else:
+            slice_where = "startsWith(slice, %(prefix)s)"
+            params["prefix"] = field + "="
         window = "intDiv(toUInt32(bucket) - %(lo)s, %(step)s)"
+        scope = f"kind = '{kind}' AND {where} AND {slice_where} AND {gens}"
         led = self.engine.query_columns(
-            f"SELECT version, {window} AS w, sum(rows) AS rows, toUInt32(max(last_ts)) AS last_ts FROM {ledger} "
-            f"WHERE kind = '{kind}' AND {where} AND {gens} GROUP BY version, w",
+            f"SELECT version, slice, {window} AS w, sum(rows) AS rows, toUInt32(max(last_ts)) AS last_ts "
+            f"FROM {ledger} WHERE {scope} GROUP BY version, slice, w",
             params,
         )
         num = self.engine.query_columns(
-            f"SELECT version, {window} AS w, feature, countIfMerge(n) AS n, sumIfMerge(s) AS s, "
+            f"SELECT version, slice, {window} AS w, feature, countIfMerge(n) AS n, sumIfMerge(s) AS s, "
             f"sumIfMerge(s2) AS s2, minIfMerge(mn) AS mn, maxIfMerge(mx) AS mx, "
             f"quantilesTDigestIfMerge({_LEVELS_SQL})(td) AS q FROM {numsum} "
-            f"WHERE kind = '{kind}' AND {where} AND {gens} GROUP BY version, w, feature",
+            f"WHERE {scope} GROUP BY version, slice, w, feature",
             params,
         )
         cat = self.engine.query_columns(
-            f"SELECT version, {window} AS w, feature, value, sum(n) AS n FROM {catsum} "
-            f"WHERE kind = '{kind}' AND {where} AND {gens} GROUP BY version, w, feature, value",
+            f"SELECT version, slice, {window} AS w, feature, value, sum(n) AS n FROM {catsum} "
+            f"WHERE {scope} GROUP BY version, slice, w, feature, value",
             params,
         )
-        out: dict[str, Summary] = {}
+        out: dict[tuple[str, str], Summary] = {}
 
-        def summary(version: str) -> Summary:
-            if version not in out:
-                out[version] = Summary.empty(version, start, step, n_windows)
-            return out[version]
+        def summary(version: str, slice_: str) -> Summary:
+            key = (version, slice_)
+            if key not in out:
+                out[key] = Summary.empty(version, start, step, n_windows, slice_)
+            return out[key]
 
-        for v, w, rows, last in zip(led["version"], led["w"], led["rows"], led["last_ts"], strict=True):
-            s = summary(str(v))
+        for v, sl, w, rows, last in zip(
+            led["version"], led["slice"], led["w"], led["rows"], led["last_ts"], strict=True
+        ):
+            s = summary(str(v), str(sl))
             s.rows[int(w)] = int(rows)
             s.last_ts[int(w)] = int(last)
         for i in range(len(num["version"])):
-            s = summary(str(num["version"][i]))
+            s = summary(str(num["version"][i]), str(num["slice"][i]))
             block = s.numeric_block(str(num["feature"][i]))
             w = int(num["w"][i])
             block.n[w] = num["n"][i]
@@ -380,11 +442,12 @@ class Summarizer:
                 block.min[w] = num["mn"][i]
                 block.max[w] = num["mx"][i]
                 block.q[w] = np.asarray(num["q"][i], dtype=np.float64)
-        grouped: dict[tuple[str, str], list[int]] = {}
+        grouped: dict[tuple[str, str, str], list[int]] = {}
         for i in range(len(cat["version"])):
-            grouped.setdefault((str(cat["version"][i]), str(cat["feature"][i])), []).append(i)
-        for (v, feature), idx in grouped.items():
-            s = summary(v)
+            key3 = (str(cat["version"][i]), str(cat["slice"][i]), str(cat["feature"][i]))
+            grouped.setdefault(key3, []).append(i)
+        for (v, sl, feature), idx in grouped.items():
+            s = summary(v, sl)
             ix = np.asarray(idx)
             values = cat["value"][ix].astype(object)
             uniq, inverse = np.unique(values, return_inverse=True)
@@ -392,6 +455,16 @@ class Summarizer:
             np.add.at(counts, (cat["w"][ix].astype(np.int64), inverse), cat["n"][ix].astype(np.int64))
             s.categorical[feature] = CategoricalBlock(values=uniq, counts=counts)
         return out
+
+
+def _info(discrete: set[str], slices: list[str]) -> str:
+    """What a generation was written with; a change makes its buckets stale."""
+    return json.dumps({"discrete": sorted(discrete), "slices": list(slices)})
+
+
+def slice_fields(schema: ModelSchema) -> list[str]:
+    """Metadata fields summarised per value: the stored categorical and boolean ones."""
+    return [m.name for m in schema.metadata if m.stored and m.kind is not FeatureKind.NUMERIC]
 
 
 def _runs(buckets: list[int]) -> list[list[int]]:
@@ -482,10 +555,12 @@ class Summary:
     last_ts: np.ndarray
     numeric: dict[str, NumericBlock] = field(default_factory=dict)
     categorical: dict[str, CategoricalBlock] = field(default_factory=dict)
+    slice: str = ""
 
     @classmethod
-    def empty(cls, version: str, start: int, step: int, n: int) -> Summary:
+    def empty(cls, version: str, start: int, step: int, n: int, slice_: str = "") -> Summary:
         return cls(
+            slice=slice_,
             version=version,
             starts=start + step * np.arange(n, dtype=np.int64),
             step=step,
