@@ -29,6 +29,7 @@ import numpy as np
 
 from driftline.schema import FeatureKind, ModelSchema, Task
 from driftline.storage.events import EventStore, Kind
+from driftline.storage.events.engine import EngineInfo
 from driftline.storage.events.tables import FEATURE_PREFIX, META_PREFIX, TableNames
 
 log = logging.getLogger(__name__)
@@ -58,14 +59,19 @@ def _tables(names: TableNames) -> tuple[str, str, str]:
     return names.table("numsum"), names.table("catsum"), names.table("ledger")
 
 
-def summary_ddl(names: TableNames) -> list[str]:
+def summary_ddl(names: TableNames, info: EngineInfo) -> list[str]:
+    """DDL of the summary tables; the state types follow what the server's -State functions produce.
+
+    A -State of a Nullable column is typed with the Nullable argument on current
+    ClickHouse and without it on 18.16; the queries are the same on both.
+    """
     numsum, catsum, ledger = _tables(names)
-    state = "Float64, UInt8"
+    arg = "Float64" if info.legacy else "Nullable(Float64)"
     return [
         f"CREATE TABLE IF NOT EXISTS {numsum} (kind String, version String, slice String, bucket DateTime('UTC'), "
-        f"gen UInt64, feature String, n AggregateFunction(countIf, UInt8), s AggregateFunction(sumIf, {state}), "
-        f"s2 AggregateFunction(sumIf, {state}), mn AggregateFunction(minIf, {state}), "
-        f"mx AggregateFunction(maxIf, {state}), td AggregateFunction(quantilesTDigestIf(0.5), {state})) "
+        f"gen UInt64, feature String, n AggregateFunction(count, {arg}), s AggregateFunction(sum, {arg}), "
+        f"s2 AggregateFunction(sum, {arg}), mn AggregateFunction(min, {arg}), mx AggregateFunction(max, {arg}), "
+        "td AggregateFunction(quantilesTDigestIf(0.5), Float64, UInt8)) "
         "ENGINE = AggregatingMergeTree PARTITION BY toYYYYMM(bucket) "
         "ORDER BY (kind, version, slice, feature, bucket, gen)",
         f"CREATE TABLE IF NOT EXISTS {catsum} (kind String, version String, slice String, bucket DateTime('UTC'), "
@@ -80,36 +86,34 @@ def summary_ddl(names: TableNames) -> list[str]:
 # -- what a summary pass reads ------------------------------------------------------------
 
 
-def _num_states(expr: str, cond: str) -> list[str]:
+def _num_states(expr: str) -> list[str]:
+    """States of a Nullable(Float64) expression: nulls are skipped by every function."""
     return [
-        f"countIfState({cond})",
-        f"sumIfState({expr}, {cond})",
-        f"sumIfState({expr} * {expr}, {cond})",
-        f"minIfState({expr}, {cond})",
-        f"maxIfState({expr}, {cond})",
-        f"quantilesTDigestIfState(0.5)({expr}, {cond})",
+        f"countState({expr})",
+        f"sumState({expr})",
+        f"sumState({expr} * {expr})",
+        f"minState({expr})",
+        f"maxState({expr})",
+        f"quantilesTDigestIfState(0.5)(assumeNotNull({expr}), isNotNull({expr}))",
     ]
 
 
-def numeric_columns(schema: ModelSchema) -> list[tuple[str, str, str]]:
-    """(summary name, value expression, presence condition) of every numeric column."""
-    out: list[tuple[str, str, str]] = []
+def numeric_columns(schema: ModelSchema) -> list[tuple[str, str]]:
+    """(summary name, Nullable(Float64) expression) of every numeric column."""
+    out: list[tuple[str, str]] = []
     for f in schema.features:
         if f.stored and f.kind is FeatureKind.NUMERIC:
-            col = f"`{FEATURE_PREFIX}{f.name}`"
-            out.append((f.name, f"assumeNotNull({col})", f"isNotNull({col})"))
+            out.append((f.name, f"`{FEATURE_PREFIX}{f.name}`"))
     for m in schema.metadata:
         if m.stored and m.kind is FeatureKind.NUMERIC:
-            col = f"`{META_PREFIX}{m.name}`"
-            out.append((m.name, f"assumeNotNull({col})", f"isNotNull({col})"))
-    if schema.task is Task.REGRESSION:
-        out.append((PREDICTION, "assumeNotNull(prediction)", "isNotNull(prediction)"))
-    else:
-        out.append((SCORE, "assumeNotNull(score)", "isNotNull(score)"))
+            out.append((m.name, f"`{META_PREFIX}{m.name}`"))
+    out.append((PREDICTION, "prediction") if schema.task is Task.REGRESSION else (SCORE, "score"))
     if schema.task is Task.MULTICLASS:
         for i, c in enumerate(schema.classes, start=1):
-            out.append((CLASS_SCORE + c, f"arrayElement(scores, {i})", f"length(scores) >= {i}"))
-    out.append((LATENCY, "assumeNotNull(latency_ms)", "isNotNull(latency_ms)"))
+            out.append(
+                (CLASS_SCORE + c, f"if(length(scores) >= {i}, toNullable(arrayElement(scores, {i})), NULL)")
+            )
+    out.append((LATENCY, "latency_ms"))
     return out
 
 
@@ -128,7 +132,6 @@ def categorical_columns(schema: ModelSchema, discrete: set[str], *, live: bool) 
         out.append((PREDICTION, "CAST(prediction AS Nullable(String))"))
     if live:
         out.append((STATUS, "CAST(status AS Nullable(String))"))
-        out.append((ERROR, "if(status != 'ok', ifNull(error, '(unspecified)'), NULL)"))
     return out
 
 
@@ -155,7 +158,7 @@ class Summarizer:
         key = names.table("ledger")
         if key in self._ready:
             return
-        for ddl in summary_ddl(names):
+        for ddl in summary_ddl(names, self.engine.info):
             self.engine.execute(ddl)
         self._ready.add(key)
 
@@ -185,10 +188,12 @@ class Summarizer:
                 for f in slices
             )
             + "])"
+            if slices
+            else "''"
         )
         cols = numeric_columns(schema)
-        arrays = ["[" + ", ".join(f"'{name}'" for name, _, _ in cols) + "] AS names"]
-        states = [_num_states(expr, cond) for _, expr, cond in cols]
+        arrays = ["[" + ", ".join(f"'{name}'" for name, _ in cols) + "] AS names"]
+        states = [_num_states(expr) for _, expr in cols]
         for i, alias in enumerate(("ns", "ss", "s2s", "mns", "mxs", "tds")):
             arrays.append("[" + ", ".join(st[i] for st in states) + f"] AS {alias}")
         self.engine.execute(
@@ -200,7 +205,7 @@ class Summarizer:
             src.params,
         )
         if live:
-            timing = _num_states("ms", "toUInt8(1)")
+            timing = _num_states("toNullable(ms)")
             self.engine.execute(
                 f"INSERT INTO {numsum} (kind, version, slice, bucket, gen, feature, n, s, s2, mn, mx, td) "
                 f"SELECT '{src.kind}', version, '', {src.bucket_expr} AS bucket, {gen}, "
@@ -208,16 +213,29 @@ class Summarizer:
                 f"ARRAY JOIN timing_stage AS stage, timing_ms AS ms WHERE {src.where} GROUP BY version, bucket, feature",
                 src.params,
             )
-        cats = categorical_columns(schema, discrete, live=live)
-        pairs = ", ".join(f"('{name}', {expr})" for name, expr in cats)
-        values = f"arrayConcat([{pairs}], arrayMap(d -> ('{DQ}', CAST(d AS Nullable(String))), dq))"
+        # one GROUP BY per column beats one arrayJoin over all of them: no row multiplication
+        parts = [
+            f"SELECT version, {slice_expr} AS slice, {src.bucket_expr} AS bucket, '{name}' AS feature, "
+            f"ifNull({expr}, %(null)s) AS value, count() AS n FROM {src.table} WHERE {src.where} "
+            "GROUP BY version, slice, bucket, value"
+            for name, expr in categorical_columns(schema, discrete, live=live)
+        ]
+        parts.append(
+            f"SELECT version, {slice_expr} AS slice, {src.bucket_expr} AS bucket, '{DQ}' AS feature, "
+            f"arrayJoin(dq) AS value, count() AS n FROM {src.table} WHERE {src.where} AND notEmpty(dq) "
+            "GROUP BY version, slice, bucket, value"
+        )
+        if live:
+            parts.append(
+                f"SELECT version, {slice_expr} AS slice, {src.bucket_expr} AS bucket, '{ERROR}' AS feature, "
+                f"ifNull(error, '(unspecified)') AS value, count() AS n FROM {src.table} "
+                f"WHERE {src.where} AND status != 'ok' GROUP BY version, slice, bucket, value"
+            )
         self.engine.execute(
             f"INSERT INTO {catsum} (kind, version, slice, bucket, gen, feature, value, n) "
-            f"SELECT '{src.kind}', version, slice, bucket, {gen}, kv.1 AS feature, ifNull(kv.2, %(null)s) AS value, "
-            f"count() AS n FROM (SELECT version, {slice_expr} AS slice, {src.bucket_expr} AS bucket, "
-            f"arrayJoin({values}) AS kv FROM {src.table} WHERE {src.where}) "
-            f"WHERE NOT (kv.1 = '{ERROR}' AND isNull(kv.2)) GROUP BY version, slice, bucket, feature, value "
-            f"ORDER BY n DESC LIMIT {MAX_VALUES} BY version, slice, bucket, feature",
+            f"SELECT '{src.kind}', version, slice, bucket, {gen}, feature, value, n FROM ("
+            + " UNION ALL ".join(parts)
+            + f") ORDER BY n DESC LIMIT {MAX_VALUES} BY version, slice, bucket, feature",
             {**src.params, "null": NULL},
         )
         self.engine.execute(
@@ -269,7 +287,7 @@ class Summarizer:
             {"lo": start, "hi": end},
         )
         have = {int(b): (int(n), str(i)) for b, n, i in zip(done["b"], done["n"], done["info"], strict=True)}
-        info = json.dumps({"discrete": sorted(discrete)})
+        info = _info(discrete, slices)
         stale = [
             int(b) for b, n in zip(raw["b"], raw["n"], strict=True) if have.get(int(b)) != (int(n), info)
         ]
@@ -406,8 +424,8 @@ class Summarizer:
             params,
         )
         num = self.engine.query_columns(
-            f"SELECT version, slice, {window} AS w, feature, countIfMerge(n) AS n, sumIfMerge(s) AS s, "
-            f"sumIfMerge(s2) AS s2, minIfMerge(mn) AS mn, maxIfMerge(mx) AS mx, "
+            f"SELECT version, slice, {window} AS w, feature, countMerge(n) AS n, sumMerge(s) AS s, "
+            f"sumMerge(s2) AS s2, minMerge(mn) AS mn, maxMerge(mx) AS mx, "
             f"quantilesTDigestIfMerge({_LEVELS_SQL})(td) AS q FROM {numsum} "
             f"WHERE {scope} GROUP BY version, slice, w, feature",
             params,
@@ -468,10 +486,10 @@ def slice_fields(schema: ModelSchema) -> list[str]:
 
 
 def _runs(buckets: list[int]) -> list[list[int]]:
-    """Contiguous runs of hourly buckets (each summarised by one range scan), at most a day each."""
+    """Contiguous runs of hourly buckets (each summarised by one range scan), at most a month each."""
     runs: list[list[int]] = []
     for b in buckets:
-        if runs and b == runs[-1][-1] + BUCKET_SECONDS and len(runs[-1]) < 24:
+        if runs and b == runs[-1][-1] + BUCKET_SECONDS and len(runs[-1]) < 24 * 31:
             runs[-1].append(b)
         else:
             runs.append([b])
