@@ -35,6 +35,8 @@ SCHEMA = {
 
 
 def one_size(rows: int) -> dict[str, float]:
+    from datetime import UTC, datetime
+
     from driftline.detectors import registry
     from driftline.detectors.base import parse_config
     from driftline.detectors.runner import Runner
@@ -42,7 +44,6 @@ def one_size(rows: int) -> dict[str, float]:
     from driftline.storage.events import EventStore, Kind
     from driftline.storage.events.chdb_engine import ChdbEngine
     from driftline.storage.meta.records import ModelInfo, VersionInfo
-    from datetime import UTC, datetime
 
     home = Path(tempfile.mkdtemp(prefix="driftline-scale-"))
     try:
@@ -53,7 +54,8 @@ def one_size(rows: int) -> dict[str, float]:
         names = store.names("default", "scale")
         drift_from = START + 20 * 86_400
         feats = ", ".join(
-            f"randNormal(0, 1) + {0.5 if i < 3 else 0} * (ts >= {drift_from}) AS `f_x{i}`" for i in range(N_NUMERIC)
+            f"randNormal(0, 1) + {0.5 if i < 3 else 0} * (ts >= {drift_from}) AS `f_x{i}`"
+            for i in range(N_NUMERIC)
         )
         cats = ", ".join(f"['a','b','c','d'][1 + (rand({i}) % 4)] AS `f_c{i}`" for i in range(N_CATEGORICAL))
         t = time.perf_counter()
