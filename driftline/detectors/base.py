@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
+from driftline.detectors.perf_summaries import PerfSummarizer
 from driftline.detectors.summaries import Summarizer, Summary
 from driftline.schema import ModelSchema
 from driftline.storage.events import EventStore
@@ -89,6 +90,8 @@ class RunContext:
     summarizer: Summarizer
     now: float
     settings: dict[str, Any] = field(default_factory=dict)
+    perf: PerfSummarizer | None = None  # label-joined summaries, brought up to date by the runner
+    labelled_references: set[str] = field(default_factory=set)  # versions whose reference has labels
 
     @property
     def schema(self) -> ModelSchema:

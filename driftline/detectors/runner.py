@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from driftline.detectors import base
 from driftline.detectors.base import DetectorConfig, MetricRow, Reference, RunContext
+from driftline.detectors.perf_summaries import PerfSummarizer
 from driftline.detectors.results import MetricsTable
 from driftline.detectors.summaries import REFERENCE_CHUNKS, Summarizer
 from driftline.storage.events import EventStore
@@ -42,6 +43,7 @@ class Runner:
     def __init__(self, events: EventStore, metrics: MetricsTable | None = None) -> None:
         self.events = events
         self.summarizer = Summarizer(events)
+        self.perf = PerfSummarizer(events)
         self.metrics = metrics or MetricsTable(events.engine)
 
     def context(
@@ -69,6 +71,10 @@ class Runner:
                 if v.version in whole:
                     references[v.version] = Reference(v.version, whole[v.version], chunks[v.version])
         live = self.summarizer.read(project, schema, kind="p", start=start, end=end, step=step)
+        buckets += self.perf.summarize(project, schema, start, end, now=now)
+        labelled = {
+            v.version for v in model.versions if self.perf.summarize_reference(project, schema, v.version)
+        }
         ctx = RunContext(
             project=project,
             model=model,
@@ -80,6 +86,8 @@ class Runner:
             events=self.events,
             summarizer=self.summarizer,
             now=now,
+            perf=self.perf,
+            labelled_references=labelled,
         )
         return ctx, buckets
 
