@@ -72,9 +72,7 @@ def _build(state: AppState, kind: Kind, info: ModelInfo, src: Source, errors: Ro
 
 def _keys(kind: Kind, table: pa.Table) -> list[str]:
     ids = table.column("request_id").cast(pa.string()).fill_null("")
-    if kind is Kind.PREDICTIONS:
-        return list(ids.to_pylist())
-    other = "label" if kind is Kind.LABELS else "reviewer"
+    other = {Kind.PREDICTIONS: "version", Kind.LABELS: "label"}.get(kind, "reviewer")
     second = table.column(other).cast(pa.string()).fill_null("")
     parts = [ids, second]
     if kind is Kind.FEEDBACK:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from fastapi import APIRouter, Path, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from driftline.errors import InvalidInput, NotFound, StoreError
@@ -193,17 +193,21 @@ async def put_reference(
     summary="A stored prediction with its version, schema, label and feedback",
 )
 def get_prediction(
-    state: State, key: ReadKey, model: str = ModelPath, request_id: str = Path(max_length=256)
+    state: State,
+    key: ReadKey,
+    model: str = ModelPath,
+    request_id: str = Path(max_length=256),
+    version: str | None = Query(default=None, max_length=64, description="Which version's prediction"),
 ) -> StoredPrediction:
     info = state.models.get(key.project, model)
-    record = state.events.get_prediction(key.project, info.schema, request_id)
+    record = state.events.get_prediction(key.project, info.schema, request_id, version)
     if record is None:
         raise NotFound(f"no prediction {request_id!r} of model {model!r} (it may still be on its way)")
-    version = info.version(str(record["version"]))
+    found = info.version(str(record["version"]))
     return StoredPrediction(
         model=info.name,
         project=info.project,
-        version=version_out(version).model_dump(mode="json") if version else None,
+        version=version_out(found).model_dump(mode="json") if found else None,
         record=record,
         schema_=info.schema,
     )

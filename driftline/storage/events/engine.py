@@ -80,8 +80,8 @@ def quote_literal(value: Any) -> str:
         items = list(value)
         body = ", ".join(quote_literal(v) for v in items)
         if isinstance(value, tuple | set | frozenset):
-            # a one-element tuple still needs to be a tuple for IN
-            return "(" + body + ("," if len(items) == 1 else "") + ")" if items else "(NULL)"
+            # a one-element tuple still needs to be a tuple for IN; 18.16 refuses `('a',)`
+            return ("tuple(" if len(items) == 1 else "(") + body + ")" if items else "(NULL)"
         return "[" + body + "]"
     raise TypeError(f"cannot pass {type(value).__name__} as a SQL value")
 

@@ -34,7 +34,7 @@ from driftline.storage.events.tables import (
 )
 
 _KEYS = {
-    Kind.PREDICTIONS: ("request_id",),
+    Kind.PREDICTIONS: ("request_id", "version"),  # a shadow or challenger scores the same request
     Kind.LABELS: ("request_id", "label"),
     Kind.FEEDBACK: ("request_id", "reviewer", "outcome"),
 }
@@ -153,13 +153,15 @@ class EventStore:
             lock = self._insert_locks.setdefault(target, threading.Lock())
         with lock:  # check and insert as one step within this process
             stored = self._stored_keys(kind, names, unique)
+            known = 0
             if len(stored):
-                keep = pc.invert(pc.is_in(block_keys(kind, unique), value_set=stored))
-                unique = unique.filter(keep)
+                seen = pc.is_in(block_keys(kind, unique), value_set=stored)
+                known = int(pc.sum(seen).as_py() or 0)
+                unique = unique.filter(pc.invert(seen))
             self.engine.insert_columns(target, unique)
             if kind is Kind.PREDICTIONS and unique.num_rows:
-                self.engine.insert_columns(names.ids(), unique.select(["request_id", "ts"]))
-        return InsertResult(inserted=unique.num_rows, duplicates=in_block + len(stored))
+                self.engine.insert_columns(names.ids(), unique.select(["request_id", "version", "ts"]))
+        return InsertResult(inserted=unique.num_rows, duplicates=in_block + known)
 
     def _stored_keys(self, kind: Kind, names: TableNames, block: pa.Table) -> pa.Array:
         """Keys of `block` that the table holds already.
@@ -180,8 +182,8 @@ class EventStore:
             if kind is Kind.PREDICTIONS:
                 lo, hi = pc.min_max(block.column("ts")).values()
                 got = self.engine.query_columns(
-                    f"SELECT request_id FROM {names.ids()} WHERE {in_block} "
-                    f"UNION ALL SELECT request_id FROM {target} WHERE ts >= %(lo)s AND ts <= %(hi)s AND {in_block}",
+                    f"SELECT request_id, version FROM {names.ids()} WHERE {in_block} UNION ALL "
+                    f"SELECT request_id, version FROM {target} WHERE ts >= %(lo)s AND ts <= %(hi)s AND {in_block}",
                     {"lo": lo.as_py(), "hi": hi.as_py()},
                 )
             else:
@@ -229,18 +231,30 @@ class EventStore:
             reference={str(v): int(n) for v, n in zip(ref["version"], ref["n"], strict=True)},
         )
 
-    def get_prediction(self, project: str, schema: ModelSchema, request_id: str) -> dict[str, Any] | None:
-        """One prediction as stored, with its latest label and its feedback."""
+    def get_prediction(
+        self, project: str, schema: ModelSchema, request_id: str, version: str | None = None
+    ) -> dict[str, Any] | None:
+        """One prediction as stored, with its latest label and its feedback.
+
+        A request scored by several versions (champion and shadow) has one row per version:
+        `version` picks one, else the latest received; `versions` lists them all.
+        """
         names = self.names(project, schema.name)
-        got = rows(
+        scored = rows(
             self.engine.query_columns(
-                f"SELECT * FROM {names(Kind.PREDICTIONS)} WHERE request_id = %(rid)s "
-                "ORDER BY received DESC LIMIT 1",
+                f"SELECT version FROM {names(Kind.PREDICTIONS)} WHERE request_id = %(rid)s ORDER BY received DESC",
                 {"rid": request_id},
             )
         )
-        if not got:
+        versions = [str(r["version"]) for r in scored]
+        if not versions or (version is not None and version not in versions):
             return None
+        got = rows(
+            self.engine.query_columns(
+                f"SELECT * FROM {names(Kind.PREDICTIONS)} WHERE request_id = %(rid)s AND version = %(v)s LIMIT 1",
+                {"rid": request_id, "v": version or versions[0]},
+            )
+        )
         row = got[0]
         record: dict[str, Any] = {
             "request_id": row["request_id"],
@@ -261,6 +275,7 @@ class EventStore:
             "status": row["status"],
             "error": row["error"],
             "violations": row["dq"],
+            "versions": versions,
         }
         labels = rows(
             self.engine.query_columns(

@@ -169,7 +169,7 @@ def create_table(names: TableNames, kind: Kind, schema: ModelSchema, info: Engin
 def create_ids_table(names: TableNames) -> str:
     """Request ids of stored predictions ordered by id, so a resend is found whatever its time."""
     return (
-        f"CREATE TABLE IF NOT EXISTS {names.ids()} (request_id String, ts DateTime('UTC')) "
+        f"CREATE TABLE IF NOT EXISTS {names.ids()} (request_id String, version String, ts DateTime('UTC')) "
         "ENGINE = MergeTree PARTITION BY toYYYYMM(ts) ORDER BY request_id"
     )
 

@@ -1,4 +1,4 @@
-"""The metadata store: projects, API keys, models, versions and reference uploads.
+"""The metadata store: projects, API keys, models, versions, reference uploads, monitors.
 
 SQLite under DRIFTLINE_HOME by default, PostgreSQL in production; the schema is
 managed by alembic revisions shipped in `migrations/` and applied by `migrate()`.
@@ -13,6 +13,13 @@ from driftline.storage.meta.db import MetaStore, Repositories, make_engine, norm
 from driftline.storage.meta.keys import KeyRepository, generate_key, hash_key
 from driftline.storage.meta.migrate import alembic_config, current_revision, head_revision, migrate
 from driftline.storage.meta.models import KeyRole, ReferenceFormat
+from driftline.storage.meta.monitors import (
+    LeaseInfo,
+    LeaseRepository,
+    ModelRef,
+    MonitorRecord,
+    MonitorRepository,
+)
 from driftline.storage.meta.projects import DEFAULT_PROJECT, ProjectRepository
 from driftline.storage.meta.records import KeyInfo, ModelInfo, ProjectInfo, ReferenceInfo, VersionInfo
 from driftline.storage.meta.registry import (
@@ -27,9 +34,14 @@ __all__ = [
     "KeyInfo",
     "KeyRepository",
     "KeyRole",
+    "LeaseInfo",
+    "LeaseRepository",
     "MetaStore",
     "ModelInfo",
+    "ModelRef",
     "ModelRepository",
+    "MonitorRecord",
+    "MonitorRepository",
     "ProjectInfo",
     "ProjectRepository",
     "ReferenceFormat",

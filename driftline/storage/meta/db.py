@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from driftline.errors import Conflict, InvalidInput, StoreError
 from driftline.storage.meta.keys import KeyRepository
+from driftline.storage.meta.monitors import LeaseRepository, MonitorRepository
 from driftline.storage.meta.projects import ProjectRepository
 from driftline.storage.meta.registry import ModelRepository, ReferenceRepository, VersionRepository
 
@@ -116,6 +117,8 @@ class Repositories:
     models: ModelRepository
     versions: VersionRepository
     references: ReferenceRepository
+    monitors: MonitorRepository
+    leases: LeaseRepository
 
 
 class MetaStore:
@@ -168,6 +171,8 @@ class MetaStore:
                 models=ModelRepository(session),
                 versions=VersionRepository(session),
                 references=ReferenceRepository(session),
+                monitors=MonitorRepository(session),
+                leases=LeaseRepository(session),
             )
 
     def ping(self) -> None:

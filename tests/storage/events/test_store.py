@@ -155,3 +155,13 @@ def test_resend_with_another_timestamp_is_still_a_duplicate(store: EventStore) -
     later = store.insert(Kind.PREDICTIONS, "default", SCHEMA, predictions(["same", "new"], [3, 3]))
     assert (later.inserted, later.duplicates) == (1, 1)
     assert store.counts("default", "fraud").predictions == 3
+
+
+def test_the_same_request_scored_by_two_versions_is_two_rows(store: EventStore) -> None:
+    champion = predictions(["req-1", "req-2"])
+    shadow = champion.set_column(champion.column_names.index("version"), "version", pa.array(["v2", "v2"]))
+    assert store.insert(Kind.PREDICTIONS, "default", SCHEMA, champion).inserted == 2
+    assert store.insert(Kind.PREDICTIONS, "default", SCHEMA, shadow).inserted == 2
+    assert store.insert(Kind.PREDICTIONS, "default", SCHEMA, shadow).duplicates == 2
+    row = store.get_prediction("default", SCHEMA, "req-1", "v1")
+    assert row is not None and row["version"] == "v1" and sorted(row["versions"]) == ["v1", "v2"]
