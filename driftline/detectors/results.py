@@ -80,7 +80,9 @@ class MetricsTable:
                 "alert": pa.array([int(r.alert) for r in rows], pa.uint8()),
                 "sample_size": pa.array([int(r.sample_size) for r in rows], pa.uint64()),
                 "status": pa.array([r.status for r in rows]),
-                "details": pa.array([json.dumps(r.details, default=_json_default) for r in rows]),
+                "details": pa.array(
+                    [json.dumps(r.details, default=_json_default, allow_nan=False) for r in rows]
+                ),
                 "computed": pa.array([now // 1_000_000_000] * n, pa.int64()).cast(TS),
                 "computed_ns": pa.array([now] * n, pa.uint64()),
             }

@@ -52,7 +52,6 @@ class Runner:
         now = time.time() if now is None else now
         schema = model.schema
         start, end = align(start, end, step)
-        buckets = self.summarizer.summarize(project, schema, start, end, now=now)
         references: dict[str, Reference] = {}
         for v in model.versions:
             if self.summarizer.summarize_reference(project, schema, v.version):
@@ -70,6 +69,8 @@ class Runner:
                 )
                 if v.version in whole:
                     references[v.version] = Reference(v.version, whole[v.version], chunks[v.version])
+        # references first: they tell which numeric features are discrete, which live summaries count by value
+        buckets = self.summarizer.summarize(project, schema, start, end, now=now)
         live = self.summarizer.read(project, schema, kind="p", start=start, end=end, step=step)
         buckets += self.perf.summarize(project, schema, start, end, now=now)
         labelled = {

@@ -366,9 +366,13 @@ class Summarizer:
         end: int,
         step: int,
         versions: list[str] | None = None,
+        features: list[str] | None = None,
     ) -> dict[str, Summary]:
-        """Merged summaries per version over windows [start + i*step, start + (i+1)*step) up to `end`."""
-        got = self._read(project, schema, kind, start, end, step, versions, None)
+        """Merged summaries per version over windows [start + i*step, start + (i+1)*step) up to `end`.
+
+        `features` limits what is merged (a name ending in '*' is a prefix, e.g. '@timing:*').
+        """
+        got = self._read(project, schema, kind, start, end, step, versions, None, features)
         return {v: summary for (v, _), summary in got.items()}
 
     def read_slices(
@@ -382,9 +386,10 @@ class Summarizer:
         step: int,
         field: str | None = None,
         versions: list[str] | None = None,
+        features: list[str] | None = None,
     ) -> dict[tuple[str, str], Summary]:
         """Like `read`, per (version, slice) for the slices of `field` (or of every slice field)."""
-        return self._read(project, schema, kind, start, end, step, versions, field or "")
+        return self._read(project, schema, kind, start, end, step, versions, field or "", features)
 
     def _read(
         self,
@@ -396,6 +401,7 @@ class Summarizer:
         step: int,
         versions: list[str] | None,
         field: str | None,
+        features: list[str] | None = None,
     ) -> dict[tuple[str, str], Summary]:
         names = self.events.names(project, schema.name)
         self.ensure(names)
@@ -418,6 +424,16 @@ class Summarizer:
             params["prefix"] = field + "="
         window = "intDiv(toUInt32(bucket) - %(lo)s, %(step)s)"
         scope = f"kind = '{kind}' AND {where} AND {slice_where} AND {gens}"
+        feature_scope = scope
+        if features is not None:
+            exact = tuple(f for f in features if not f.endswith("*")) or ("",)
+            prefixes = [f[:-1] for f in features if f.endswith("*")]
+            params["features"] = exact
+            ors = ["feature IN %(features)s"]
+            for i, prefix in enumerate(prefixes):
+                params[f"prefix{i}"] = prefix
+                ors.append(f"startsWith(feature, %(prefix{i})s)")
+            feature_scope = f"{scope} AND ({' OR '.join(ors)})"
         led = self.engine.query_columns(
             f"SELECT version, slice, {window} AS w, sum(rows) AS rows, toUInt32(max(last_ts)) AS last_ts "
             f"FROM {ledger} WHERE {scope} GROUP BY version, slice, w",
@@ -427,12 +443,12 @@ class Summarizer:
             f"SELECT version, slice, {window} AS w, feature, countMerge(n) AS n, sumMerge(s) AS s, "
             f"sumMerge(s2) AS s2, minMerge(mn) AS mn, maxMerge(mx) AS mx, "
             f"quantilesTDigestIfMerge({_LEVELS_SQL})(td) AS q FROM {numsum} "
-            f"WHERE {scope} GROUP BY version, slice, w, feature",
+            f"WHERE {feature_scope} GROUP BY version, slice, w, feature",
             params,
         )
         cat = self.engine.query_columns(
             f"SELECT version, slice, {window} AS w, feature, value, sum(n) AS n FROM {catsum} "
-            f"WHERE {scope} GROUP BY version, slice, w, feature, value",
+            f"WHERE {feature_scope} GROUP BY version, slice, w, feature, value",
             params,
         )
         out: dict[tuple[str, str], Summary] = {}

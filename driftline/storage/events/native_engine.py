@@ -23,8 +23,12 @@ _SETTINGS = {"allow_experimental_low_cardinality_type": 1}
 def _to_lists(data: pa.Table) -> list[list[Any]]:
     out = []
     for col in data.columns:
-        values = col.cast(pa.timestamp("s", tz="UTC")) if pa.types.is_timestamp(col.type) else col
-        out.append(values.to_pylist())
+        if pa.types.is_timestamp(col.type):
+            # epoch integers skip the driver's per-value timezone conversion
+            values = col.cast(pa.timestamp("s", tz="UTC")).cast(pa.int64())
+            out.append(values.to_pylist())
+        else:
+            out.append(col.to_pylist())
     return out
 
 
