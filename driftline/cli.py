@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -160,6 +160,205 @@ def ingest(
     typer.echo(
         f"accepted {body['accepted']}, duplicates {body['duplicates']}, violations {body['violations']}"
     )
+
+
+def _print_detect(body: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        import json
+
+        typer.echo(json.dumps(body, indent=2))
+        return
+    versions = ", ".join(str(v) for v in body["versions"]) or "none"
+    typer.echo(
+        f"{body['model']}: {body['windows']} windows of {body['window']} from {body['start']} to {body['end']}"
+    )
+    typer.echo(
+        f"versions with traffic: {versions}; buckets summarised {body['buckets_summarised']}, "
+        f"rows written {body['rows_written']}, alerts {body['alerts']}, {body['seconds']}s"
+    )
+    for error in body["errors"]:
+        typer.echo(f"detector failed: {error}", err=True)
+
+
+@app.command()
+def detect(
+    model: Annotated[str, typer.Option(help="The registered model to run detection for.")],
+    start: Annotated[str, typer.Option(help="Start of the range: ISO 8601 (naive = UTC) or epoch seconds.")],
+    end: Annotated[str, typer.Option(help="End of the range (exclusive): ISO 8601 or epoch seconds.")],
+    window: Annotated[
+        str | None,
+        typer.Option(help="Window length: whole hours such as 1h, 6h, 1d, 7d, 30d (default: the monitor's)."),
+    ] = None,
+    project: Annotated[
+        str, typer.Option(help="Project of the model (in-process runs; over the API the key decides).")
+    ] = "default",
+    api: Annotated[
+        str,
+        typer.Option(
+            "--api", envvar="DRIFTLINE_API_URL", help="Base URL of the running API (embedded store only)."
+        ),
+    ] = "http://127.0.0.1:8000",
+    key: Annotated[
+        str, typer.Option("--key", envvar="DRIFTLINE_API_KEY", help="An admin key of that API.")
+    ] = "",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Backfill: run every detector of the model's monitor over a range now, replacing earlier results.
+
+    With a ClickHouse server (DRIFTLINE_CLICKHOUSE_URL) this runs here, against the stores. On the embedded store only the API process may read the data, so this asks the running API to do it (POST /v1/models/{model}/detect) and waits for the answer.
+
+    The range is widened to whole windows, aligned to multiples of their length since the epoch (whole hours, UTC days). Exit code 1 when a detector failed (its error result is stored), 2 when the request was refused.
+    """
+    settings = get_settings()
+    if settings.clickhouse_url:
+        body = _detect_here(settings, project, model, start, end, window)
+    else:
+        body = _detect_remote(api, key, model, start, end, window)
+    _print_detect(body, as_json)
+    if body["errors"]:
+        raise typer.Exit(1)
+
+
+def _detect_here(
+    settings: Settings, project: str, model: str, start: str, end: str, window: str | None
+) -> dict[str, Any]:
+    from driftline.detectors.monitors import iso, monitor_of
+    from driftline.detectors.runner import Runner
+    from driftline.detectors.scheduler import detect as run
+    from driftline.detectors.scheduler import detect_range
+    from driftline.errors import DriftlineError
+    from driftline.storage.events import EventStore, make_engine
+    from driftline.storage.meta import MetaStore
+
+    meta = MetaStore.from_settings(settings)
+    events = EventStore(make_engine(settings))
+    try:
+        meta.migrate()
+        with meta.repos(readonly=True) as repos:
+            record = repos.monitors.get(project, model)
+        chosen = window or monitor_of(record).config.window
+        rng = detect_range(start, end, chosen, max_windows=settings.detect_max_windows)
+        result, configs = run(meta, Runner(events), project, model, rng)
+    except DriftlineError as exc:
+        typer.echo(f"detect failed: {exc.message}", err=True)
+        raise typer.Exit(2 if exc.status_code < 500 else 1) from None
+    finally:
+        events.engine.close()
+        meta.dispose()
+    return {
+        "model": model,
+        "start": iso(result.start),
+        "end": iso(result.end),
+        "window": chosen,
+        "windows": result.windows,
+        "versions": result.versions,
+        "buckets_summarised": result.buckets_summarised,
+        "rows_written": result.rows_written,
+        "alerts": result.alerts,
+        "errors": result.errors,
+        "seconds": round(result.seconds, 3),
+        "detectors": [{"kind": c.kind, "id": c.id} for c in configs],
+    }
+
+
+def _detect_remote(
+    api: str, key: str, model: str, start: str, end: str, window: str | None
+) -> dict[str, Any]:
+    import httpx
+
+    if not key:
+        typer.echo("an admin key is needed: --key or DRIFTLINE_API_KEY", err=True)
+        raise typer.Exit(2)
+    payload: dict[str, object] = {"start": start, "end": end}
+    if window:
+        payload["window"] = window
+    try:
+        response = httpx.post(
+            f"{api.rstrip('/')}/v1/models/{model}/detect",
+            json=payload,
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=httpx.Timeout(10.0, read=None),  # a long backfill answers when it is done
+        )
+    except httpx.HTTPError as exc:
+        typer.echo(f"cannot reach the API at {api}: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if response.status_code >= 400:
+        try:
+            detail = response.json().get("detail", response.text)
+        except ValueError:
+            detail = response.text
+        typer.echo(f"refused ({response.status_code}): {detail}", err=True)
+        raise typer.Exit(2 if response.status_code < 500 else 1)
+    body: dict[str, Any] = response.json()
+    return body
+
+
+@app.command()
+def worker(
+    once: Annotated[
+        bool, typer.Option("--once", help="Run one sweep over every model now, print it and exit.")
+    ] = False,
+) -> None:
+    """Run the detection scheduler in the foreground (with a ClickHouse server).
+
+    Every DRIFTLINE_SCHEDULER_TICK_SECONDS it detects, for each model that is due, every window closed since the last one done (bounded by the monitor's lookback); once a day it drops event partitions older than DRIFTLINE_RETENTION_DAYS.
+
+    Start as many workers as you like: a lease in the metadata database lets one worker at a time run a model. Ctrl-C or SIGTERM stops it after the current chunk of windows.
+    """
+    import signal
+    import threading
+
+    from driftline.detectors.scheduler import DetectionJobs, DetectionScheduler
+    from driftline.ingest.telemetry import configure_logging
+    from driftline.storage.events import EventStore, make_engine
+    from driftline.storage.meta import MetaStore
+
+    settings = get_settings()
+    if not settings.clickhouse_url:
+        typer.echo(
+            "the embedded event store belongs to the API process, which runs the scheduler itself; "
+            "`driftline worker` needs a ClickHouse server (DRIFTLINE_CLICKHOUSE_URL)",
+            err=True,
+        )
+        raise typer.Exit(2)
+    configure_logging(settings.log_level, as_json=settings.log_json)
+    settings.home.mkdir(parents=True, exist_ok=True)
+    meta = MetaStore.from_settings(settings)
+    events = EventStore(make_engine(settings))
+    try:
+        meta.migrate()
+        jobs = DetectionJobs(
+            meta,
+            events,
+            lease_seconds=settings.scheduler_lease_seconds,
+            retention_days=settings.retention_days,
+        )
+        if once:
+            for run in jobs.sweep():
+                line = f"{run.project}/{run.model}: {run.status}, {run.windows} windows"
+                typer.echo(line + (f" ({'; '.join(run.errors)})" if run.errors else ""))
+            return
+        stop = threading.Event()
+
+        def on_signal(signum: int, _frame: object) -> None:
+            stop.set()
+
+        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        scheduler = DetectionScheduler(jobs, tick_seconds=settings.scheduler_tick_seconds)
+        try:
+            scheduler.start()
+            typer.echo(f"worker {jobs.owner} started; Ctrl-C to stop", err=True)
+            while not stop.wait(1.0):
+                pass
+            typer.echo("stopping: waiting for the current chunk of windows", err=True)
+        finally:
+            scheduler.shutdown(wait=True)
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        typer.echo("worker stopped", err=True)
+    finally:
+        events.engine.close()
+        meta.dispose()
 
 
 def main() -> None:  # pragma: no cover - console entry

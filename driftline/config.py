@@ -62,7 +62,26 @@ class Settings(BaseSettings):
     )
 
     scheduler_enabled: bool = True
+    scheduler_in_api: bool = Field(
+        default=False,
+        description="Run the scheduler in API processes even with a ClickHouse server "
+        "(by default `driftline worker` runs it there; on the embedded store the API always does).",
+    )
+    scheduler_tick_seconds: float = Field(
+        default=60.0, ge=0.1, le=3600, description="How often the scheduler looks for models that are due."
+    )
+    scheduler_lease_seconds: float = Field(
+        default=600.0,
+        ge=1,
+        description="How long a worker holds a model without renewing; a crashed worker's models wait this long.",
+    )
     retention_days: int = Field(default=400, ge=1)
+    detect_max_windows: int = Field(
+        default=10_000, ge=1, description="Windows one detect request may span; more: 422."
+    )
+    detect_spool_timeout_seconds: float = Field(
+        default=60.0, ge=0, description="How long detection waits for the spool to drain into the store."
+    )
 
     @field_validator("home", "spool_dir", "events_dir", mode="after")
     @classmethod

@@ -87,6 +87,7 @@ def make_settings(
         "database_url": database_url,
         "flush_interval_seconds": 0.05,
         "log_json": False,
+        "scheduler_enabled": False,
     }
     if engine_kind == "chdb":
         values["events_dir"] = chdb_dir

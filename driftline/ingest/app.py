@@ -25,7 +25,7 @@ from driftline.ingest.api_models import (
     PredictionBatch,
     ReferenceBody,
 )
-from driftline.ingest.routers import events, health, keys, models
+from driftline.ingest.routers import detect, events, health, keys, models
 from driftline.ingest.state import AppState
 from driftline.ingest.telemetry import Metrics, configure_logging, request_id_var
 
@@ -125,6 +125,7 @@ def create_app(settings: Settings | None = None, *, state: AppState | None = Non
     app.include_router(models.router)
     app.include_router(events.router)
     app.include_router(keys.router)
+    app.include_router(detect.router)
 
     @app.exception_handler(DriftlineError)
     async def on_driftline_error(request: Request, exc: DriftlineError) -> JSONResponse:

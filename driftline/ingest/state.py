@@ -1,15 +1,19 @@
-"""What one API process holds: settings, both stores, the spool and its flusher.
+"""What one API process holds: settings, both stores, the spool and its flusher, the detection runner.
 
 Built in the app's lifespan (never at import), closed at shutdown; tests build one
-per app against temp dirs.
+per app against temp dirs. On the embedded event store only this process may touch
+the data, so it also runs the detection scheduler; with a ClickHouse server that is
+`driftline worker`'s job unless `scheduler_in_api` says otherwise.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from driftline.config import Settings, secret_key
+from driftline.detectors.runner import Runner
 from driftline.ingest.columns import PiiHasher
 from driftline.ingest.flusher import Flusher
 from driftline.ingest.recent import RecentKeys
@@ -20,6 +24,9 @@ from driftline.schema import ModelSchema
 from driftline.storage.events import EventStore, make_engine
 from driftline.storage.meta import MetaStore
 from driftline.storage.meta.models import KeyRole
+
+if TYPE_CHECKING:
+    from driftline.detectors.scheduler import DetectionScheduler
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +41,9 @@ class AppState:
     models: ModelCache
     hasher: PiiHasher
     metrics: Metrics
+    runner: Runner
     recent: RecentKeys = field(default_factory=RecentKeys)
+    scheduler: DetectionScheduler | None = None
 
     @classmethod
     def open(cls, settings: Settings, *, metrics: Metrics | None = None) -> AppState:
@@ -77,12 +86,37 @@ class AppState:
             models=models,
             hasher=PiiHasher(secret_key(settings)),
             metrics=metrics,
+            runner=Runner(events),
         )
+
+    @property
+    def runs_scheduler(self) -> bool:
+        """Whether this API process should run the scheduler (see the module docstring)."""
+        embedded = self.settings.clickhouse_url is None
+        return self.settings.scheduler_enabled and (embedded or self.settings.scheduler_in_api)
 
     def start(self) -> None:
         self.flusher.start()
+        if self.runs_scheduler:
+            from driftline.detectors.scheduler import DetectionJobs, DetectionScheduler
+
+            spool, timeout = self.spool, self.settings.detect_spool_timeout_seconds
+            jobs = DetectionJobs(
+                self.meta,
+                self.events,
+                self.runner,
+                lease_seconds=self.settings.scheduler_lease_seconds,
+                retention_days=self.settings.retention_days,
+                # rows acknowledged before a sweep are in the store when it reads them
+                before_run=lambda: spool.wait_empty(timeout),
+            )
+            self.scheduler = DetectionScheduler(jobs, tick_seconds=self.settings.scheduler_tick_seconds)
+            self.scheduler.start()
 
     def close(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.shutdown(wait=True)
+            self.scheduler = None
         self.flusher.stop(timeout=10.0)
         self.spool.close()
         self.events.engine.close()

@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Path, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
+from driftline.detectors.results import MetricsTable
 from driftline.errors import InvalidInput, NotFound, StoreError
 from driftline.ingest import bodies, service
 from driftline.ingest.api_models import (
@@ -105,6 +106,7 @@ def delete_model(state: State, key: AdminKey, model: str = ModelPath) -> Respons
     info = state.models.get(key.project, model, fresh=True)
     state.flusher.flush_once()
     state.events.drop_model(key.project, info.name)
+    MetricsTable(state.events.engine).delete_model(key.project, info.name)
     with state.meta.repos() as repos:
         repos.models.delete(key.project, info.name)
     state.models.forget(key.project, info.name)
