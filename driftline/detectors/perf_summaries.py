@@ -211,14 +211,20 @@ class PerfSummarizer:
     def summarize(
         self, project: str, schema: ModelSchema, start: int, end: int, *, now: float | None = None
     ) -> int:
-        """Bring the label-joined summaries of closed buckets up to date; returns buckets written."""
+        """Bring summaries up to date over [start, end); returns how many buckets were written."""
+        return len(self.summarize_buckets(project, schema, start, end, now=now))
+
+    def summarize_buckets(
+        self, project: str, schema: ModelSchema, start: int, end: int, *, now: float | None = None
+    ) -> list[int]:
+        """Bring the label-joined summaries of closed buckets up to date; returns the buckets (epoch seconds) written."""
         names = self.events.names(project, schema.name)
         self.ensure(names)
         now = time.time() if now is None else now
         end = min(end, int(now) // BUCKET_SECONDS * BUCKET_SECONDS)
         start = start // BUCKET_SECONDS * BUCKET_SECONDS
         if end <= start:
-            return 0
+            return []
         _, _, _, ledger = _tables(names)
         # the join below reads the whole range: skip it when neither labels nor predictions changed
         probe = self.engine.query_columns(
@@ -231,7 +237,7 @@ class PerfSummarizer:
         fingerprint = tuple(int(probe[k][0]) for k in ("labels", "newest", "predictions"))
         key = (names.table("perfsum"), start, end)
         if self._seen.get(key) == fingerprint:
-            return 0
+            return []
         rows_sql = self._live_rows(names, schema, self._columns(schema))
         params = {"lo": start, "hi": end}
         current = self.engine.query_columns(
@@ -253,7 +259,7 @@ class PerfSummarizer:
         ]
         if not stale:
             self._seen[key] = fingerprint
-            return 0
+            return []
         gen = time.time_ns()
         for run in _runs(sorted(stale)):
             lo, hi = run[0], run[-1] + BUCKET_SECONDS
@@ -266,7 +272,7 @@ class PerfSummarizer:
                 {"lo": lo, "hi": hi},
             )
         self._seen[key] = fingerprint
-        return len(stale)
+        return stale
 
     def summarize_reference(self, project: str, schema: ModelSchema, version: str) -> bool:
         """Summarise the labelled reference of a version once per upload; False when it has no labels."""

@@ -40,6 +40,7 @@ from driftline.errors import DriftlineError, InvalidInput
 from driftline.storage.events import EventStore
 from driftline.storage.meta import MetaStore, ModelRef
 from driftline.storage.meta.monitors import SCHEDULER_JOBS_TABLE
+from driftline.storage.meta.records import ModelInfo
 
 if TYPE_CHECKING:
     from apscheduler.schedulers.background import BackgroundScheduler
@@ -101,6 +102,7 @@ class ModelRun:
     start: int | None = None
     end: int | None = None
     skipped: int = 0
+    restated: int = 0
     buckets_summarised: int = 0
     rows_written: int = 0
     alerts: int = 0
@@ -115,6 +117,7 @@ class ModelRun:
             "start": iso(self.start),
             "end": iso(self.end),
             "skipped": self.skipped,
+            "restated": self.restated,
             "buckets_summarised": self.buckets_summarised,
             "rows_written": self.rows_written,
             "alerts": self.alerts,
@@ -240,6 +243,8 @@ class DetectionJobs:
         error: str | None = None
         try:
             configs = monitor.config.configs()
+            if record.watermark is not None:
+                self._restate(ref, info, configs, monitor, record.watermark, todo, now, run)
             per_chunk = max(CHUNK_SECONDS // todo.step, 1) * todo.step
             lo = todo.start
             while lo < todo.end and not self.stopping.is_set():
@@ -288,6 +293,42 @@ class DetectionJobs:
                 extra={"project": ref.project, "model": ref.model},
             )
         return run
+
+    def _restate(
+        self,
+        ref: ModelRef,
+        info: ModelInfo,
+        configs: list[DetectorConfig],
+        monitor: Monitor,
+        watermark: int,
+        todo: Plan,
+        now: float,
+        run: ModelRun,
+    ) -> None:
+        """Detect again the windows already done whose buckets late rows or late labels changed.
+
+        Each summariser re-summarises a bucket whose raw rows or labelled count moved; the
+        windows holding such buckets, within the lookback, are run again and their results
+        replace the earlier ones (so a late label revises that window's performance).
+        """
+        step = todo.step
+        lo = max(-(-int(now - monitor.config.lookback_seconds - step) // step) * step, 0)
+        hi = min(watermark // step * step, todo.start)
+        if hi <= lo:
+            return
+        changed = set(self.runner.summarizer.summarize_buckets(ref.project, info.schema, lo, hi, now=now))
+        changed |= set(self.runner.perf.summarize_buckets(ref.project, info.schema, lo, hi, now=now))
+        windows = sorted({b // step * step for b in changed if lo <= b < hi})
+        for start in windows:
+            result = self.runner.run(ref.project, info, configs, start, start + step, step, now=now)
+            _add(run, result)
+            run.restated += 1
+        if windows:
+            log.info(
+                "detected %d windows again after late data",
+                len(windows),
+                extra={"project": ref.project, "model": ref.model},
+            )
 
     # -- retention -------------------------------------------------------------------------
 

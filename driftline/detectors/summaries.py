@@ -262,14 +262,20 @@ class Summarizer:
     def summarize(
         self, project: str, schema: ModelSchema, start: int, end: int, *, now: float | None = None
     ) -> int:
-        """Bring the summaries of closed hourly buckets in [start, end) up to date; returns buckets written."""
+        """Bring summaries up to date over [start, end); returns how many buckets were written."""
+        return len(self.summarize_buckets(project, schema, start, end, now=now))
+
+    def summarize_buckets(
+        self, project: str, schema: ModelSchema, start: int, end: int, *, now: float | None = None
+    ) -> list[int]:
+        """Bring the summaries of closed hourly buckets in [start, end) up to date; returns the buckets (epoch seconds) written."""
         names = self.events.names(project, schema.name)
         self.ensure(names)
         now = time.time() if now is None else now
         end = min(end, int(now) // BUCKET_SECONDS * BUCKET_SECONDS)
         start = start // BUCKET_SECONDS * BUCKET_SECONDS
         if end <= start:
-            return 0
+            return []
         discrete = self.discrete_features(project, schema)
         slices = slice_fields(schema)
         _, _, ledger = _tables(names)
@@ -292,7 +298,7 @@ class Summarizer:
             int(b) for b, n in zip(raw["b"], raw["n"], strict=True) if have.get(int(b)) != (int(n), info)
         ]
         if not stale:
-            return 0
+            return []
         gen = time.time_ns()
         for chunk in _runs(sorted(stale)):
             lo, hi = chunk[0], chunk[-1] + BUCKET_SECONDS
@@ -305,7 +311,7 @@ class Summarizer:
             )
             self._write(names, schema, src, gen, discrete, slices, live=True)
         log.info("summarised %d buckets", len(stale), extra={"model": schema.name, "project": project})
-        return len(stale)
+        return stale
 
     def summarize_reference(self, project: str, schema: ModelSchema, version: str) -> bool:
         """Summarise a version's reference in chunks, once per upload; False when it has no rows."""

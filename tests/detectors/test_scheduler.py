@@ -243,6 +243,35 @@ def test_catch_up_detects_each_window_once(stack: Settings) -> None:
         assert watermark(api) == iso_day(12)
 
 
+def test_late_rows_and_labels_restate_their_window_only(stack: Settings) -> None:
+    with Api(create_app(quiet(stack))) as api:
+        register(api, MONITOR)
+        ingest_days(api, range(4))
+        api.flush()
+        jobs = jobs_for(api)
+        jobs.sweep(now=T0 + 3 * DAY + 1800)
+        assert detected() == {T0 + DAY: 1, T0 + 2 * DAY: 1}
+        # five late predictions land in day 2, already detected
+        ingest_days(api, range(2, 3), prefix="late-", base=T0 + 1800)
+        api.flush()
+        run = jobs.sweep(now=T0 + 3 * DAY + 2 * HOUR + 60)[0]
+        assert run.restated == 1 and run.windows == 1
+        assert detected() == {T0 + DAY: 1, T0 + 2 * DAY: 2}
+        assert [(m["window_start"], m["value"]) for m in metrics(api)] == [
+            (iso_day(1), 24.0),
+            (iso_day(2), 48.0),
+        ]
+        # labels for day 1 arrive: its label-joined summaries change, so day 1 is detected again
+        labels = [{"request_id": f"r{i}", "label": 1} for i in range(24, 34)]
+        assert api.post("/v1/labels", json={"model": "fraud", "records": labels}).status_code == 202
+        api.flush()
+        run = jobs.sweep(now=T0 + 3 * DAY + 4 * HOUR + 60)[0]
+        assert run.restated == 1
+        assert detected()[T0 + DAY] == 2 and detected()[T0 + 2 * DAY] == 2
+        # nothing new: nothing restated
+        assert jobs.sweep(now=T0 + 3 * DAY + 6 * HOUR + 60)[0].restated == 0
+
+
 def test_new_model_is_scheduled_with_the_defaults(stack: Settings) -> None:
     """No monitor was PUT: the model runs with every registered family's defaults."""
     with Api(create_app(quiet(stack))) as api:
@@ -455,7 +484,9 @@ def test_api_runs_the_scheduler_on_the_embedded_store(stack: Settings) -> None:
 
 @SERVER_STACK
 def test_api_runs_the_scheduler_with_a_server_only_when_told(stack: Settings) -> None:
-    with Api(create_app(stack.model_copy(update={"scheduler_in_api": True, "scheduler_enabled": True}))) as api:
+    with Api(
+        create_app(stack.model_copy(update={"scheduler_in_api": True, "scheduler_enabled": True}))
+    ) as api:
         scheduler = state_of(api).scheduler
         assert scheduler is not None and scheduler.running
     assert not scheduler.running
