@@ -36,7 +36,16 @@ log = logging.getLogger(__name__)
 
 BUCKET_SECONDS = 3600
 LEVELS = np.round(
-    np.concatenate([np.arange(1, 10) / 1000, np.arange(10, 991, 5) / 1000, np.arange(991, 1000) / 1000]), 4
+    np.concatenate(
+        [
+            [0.0001, 0.0005],
+            np.arange(1, 10) / 1000,
+            np.arange(10, 991, 5) / 1000,
+            np.arange(991, 1000) / 1000,
+            [0.9995, 0.9999],
+        ]
+    ),
+    4,
 )
 NULL = "\x00"  # the value under which catsum counts nulls
 MAX_VALUES = 2000  # distinct values kept per bucket and column; the rest is the remainder of `rows`
@@ -174,6 +183,7 @@ class Summarizer:
         slices: list[str],
         *,
         live: bool,
+        info: str | None = None,
     ) -> None:
         """One generation of one source: numeric states, timings, value counts, then the ledger.
 
@@ -242,7 +252,7 @@ class Summarizer:
             f"INSERT INTO {ledger} (kind, version, slice, bucket, gen, rows, last_ts, info, created) "
             f"SELECT '{src.kind}', version, {slice_expr} AS slice, {src.bucket_expr} AS bucket, {gen}, count(), "
             f"max(ts), %(info)s, now() FROM {src.table} WHERE {src.where} GROUP BY version, slice, bucket",
-            {**src.params, "info": _info(discrete, slices)},
+            {**src.params, "info": info if info is not None else _info(discrete, slices)},
         )
 
     def discrete_features(self, project: str, schema: ModelSchema) -> set[str]:
@@ -314,35 +324,45 @@ class Summarizer:
         return stale
 
     def summarize_reference(self, project: str, schema: ModelSchema, version: str) -> bool:
-        """Summarise a version's reference in chunks, once per upload; False when it has no rows."""
+        """Summarise a version's reference in chunks, once per upload; False when it has no rows.
+
+        An upload is recognised by a fingerprint of its rows (count, newest time, hash of the
+        ids), so a run that finds it summarised costs one small query.
+        """
         names = self.events.names(project, schema.name)
         self.ensure(names)
         _, _, ledger = _tables(names)
         table = names(Kind.REFERENCE)
         got = self.engine.query_columns(
-            f"SELECT count() AS n FROM {table} WHERE version = %(v)s", {"v": version}
+            f"SELECT count() AS n, toUInt32(max(ts)) AS newest, sum(cityHash64(request_id, row)) AS h "
+            f"FROM {table} WHERE version = %(v)s",
+            {"v": version},
         )
         rows = int(got["n"][0])
         if rows == 0:
             return False
+        slices = slice_fields(schema)
+        fingerprint = [rows, int(got["newest"][0]), str(got["h"][0])]
+        have = self.engine.query_columns(
+            f"SELECT argMax(info, gen) AS info FROM {ledger} WHERE kind = 'r' AND version = %(v)s AND slice = ''",
+            {"v": version},
+        )
+        if len(have["info"]) and have["info"][0]:
+            known = json.loads(str(have["info"][0]))
+            if known.get("fingerprint") == fingerprint and known.get("slices") == slices:
+                return True
         numeric = [f for f in schema.features if f.stored and f.kind is FeatureKind.NUMERIC]
         discrete: set[str] = set()
         if numeric:
-            uniq = ", ".join(f"uniqExact(`{FEATURE_PREFIX}{f.name}`) AS `{f.name}`" for f in numeric)
+            # uniqUpTo stops counting past the limit: the same decision as an exact count, far cheaper
+            uniq = ", ".join(
+                f"uniqUpTo({DISCRETE_MAX})(`{FEATURE_PREFIX}{f.name}`) AS `{f.name}`" for f in numeric
+            )
             counts = self.engine.query_columns(
                 f"SELECT {uniq} FROM {table} WHERE version = %(v)s", {"v": version}
             )
             discrete = {f.name for f in numeric if int(counts[f.name][0]) <= DISCRETE_MAX}
-        slices = slice_fields(schema)
-        info = _info(discrete, slices)
-        have = self.engine.query_columns(
-            f"SELECT argMax(total, gen) AS n, argMax(info, gen) AS info FROM ("
-            f"SELECT gen, sum(rows) AS total, any(info) AS info FROM {ledger} WHERE kind = 'r' AND version = %(v)s "
-            "AND slice = '' GROUP BY gen)",
-            {"v": version},
-        )
-        if len(have["n"]) and int(have["n"][0]) == rows and str(have["info"][0]) == info:
-            return True
+        info = json.dumps({"fingerprint": fingerprint, "slices": slices, "discrete": sorted(discrete)})
         chunk = max(-(-rows // REFERENCE_CHUNKS), 1)
         src = Source(
             kind="r",
@@ -351,7 +371,7 @@ class Summarizer:
             where="version = %(v)s",
             params={"v": version},
         )
-        self._write(names, schema, src, time.time_ns(), discrete, slices, live=False)
+        self._write(names, schema, src, time.time_ns(), discrete, slices, live=False, info=info)
         return True
 
     # -- reading ---------------------------------------------------------------------------

@@ -218,3 +218,33 @@ def test_feedback_values_and_alerts(event_engine: EventEngine) -> None:
     assert alerts(fixed, "feedback_rate", "v1") == set(range(DAYS))  # about a fifth are reviewed
     limits = {r["threshold"] for r in rows if r["detector_id"] == fixed.id and r["feature"] == "overridden"}
     assert limits == {0.25}
+
+
+def test_regression_agreement_within_tolerance(event_engine: EventEngine) -> None:
+    """A reviewer's number agrees with a regressor's prediction when within the tolerance."""
+    rng = np.random.default_rng(9)
+    data = Loaded(
+        event_engine, {"name": "fbr", "task": "regression", "features": [{"name": "x", "kind": "numeric"}]}
+    )
+    n, k = 800, 300
+    prediction = np.round(rng.normal(10, 2, n), 2)
+    data.predictions(
+        {"timestamp": T0 + rng.integers(0, DAY, n), "x": rng.normal(size=n), "prediction": prediction}
+    )
+    label = prediction[:k] + rng.normal(0, 1, k)
+    raw = pa.table(
+        {
+            "request_id": [f"r{i}" for i in range(k)],
+            "outcome": ["corrected"] * k,
+            "reviewer": ["a"] * k,
+            "label": label,
+        }
+    )
+    table = build_feedback(data.schema, ArrowSource(raw), RowErrors(), now=NOW, max_future=DAY).table
+    data.store.insert(Kind.FEEDBACK, PROJECT, data.schema, table)
+    cfg = FeedbackConfig(agreement_tolerance=0.5)
+    rows = {r["metric"]: r for r in run(data, [cfg], T0, T0 + DAY, DAY)}
+    assert rows["agreement"]["value"] == pytest.approx(
+        (np.abs(label - prediction[:k]) <= 0.5).mean(), abs=1e-12
+    )
+    assert rows["feedback_rate"]["value"] == pytest.approx(k / n)

@@ -204,3 +204,83 @@ def test_shadow_better_canary_worse(event_engine: EventEngine) -> None:
             assert auc["details"]["verdict"] == expect
             lo, hi = auc["details"]["interval"]
             assert lo < auc["value"] < hi
+
+
+@pytest.mark.parametrize("task", ["multiclass", "regression"])
+def test_other_tasks(event_engine: EventEngine, task: str) -> None:
+    """Multiclass: agreement on the class, drift of the predicted classes; regression: within a tolerance, MAE."""
+    rng = np.random.default_rng(8)
+    schema: dict[str, Any] = {
+        "name": f"vc_{task[:3]}",
+        "task": task,
+        "features": [{"name": "x", "kind": "numeric"}],
+    }
+    if task == "multiclass":
+        schema["label"] = {"classes": ["a", "b", "c"]}
+    data = Loaded(event_engine, schema, ["v1", "v2"])
+    data.model = replace(
+        data.model,
+        versions=[
+            replace(v, role=Role.CHAMPION if v.version == "v1" else Role.SHADOW) for v in data.model.versions
+        ],
+    )
+    n = 1500
+    ids = [f"q{i}" for i in range(n)]
+    ts = T0 + rng.integers(0, DAY, n)
+    outputs: dict[str, np.ndarray] = {}
+    for version in ("v1", "v2"):
+        cols: dict[str, Any] = {
+            "request_id": ids,
+            "version": [version] * n,
+            "timestamp": ts,
+            "x": rng.normal(size=n),
+        }
+        if task == "regression":
+            cols["prediction"] = outputs[version] = np.round(rng.normal(10, 2, n), 1)
+        else:
+            s = rng.dirichlet([1, 1, 1] if version == "v1" else [3, 1, 1], n)
+            for k, c in enumerate("abc"):
+                cols[f"score_{c}"] = s[:, k]
+            outputs[version] = np.array(list("abc"))[s.argmax(axis=1)]
+        batch = build_predictions(
+            data.schema,
+            data.versions,
+            ArrowSource(pa.table(cols)),
+            RowErrors(),
+            now=NOW,
+            max_future=DAY,
+            hasher=HASHER,
+        )
+        data.store.insert(Kind.PREDICTIONS, PROJECT, data.schema, batch.table)
+    truth = np.round(rng.normal(10, 2, n), 1) if task == "regression" else rng.choice(list("abc"), n)
+    raw = pa.table({"request_id": ids, "label": truth})
+    data.store.insert(
+        Kind.LABELS,
+        PROJECT,
+        data.schema,
+        build_labels(data.schema, ArrowSource(raw), RowErrors(), now=NOW, max_future=0).table,
+    )
+    cfg = VersionComparisonConfig(agreement_tolerance=0.5)
+    result = data.runner.run(PROJECT, data.model, [cfg], T0, T0 + DAY, DAY, now=NOW)
+    assert not result.errors, result.errors
+    rows = {
+        r["metric"]: r
+        for r in data.runner.metrics.read(MetricsQuery(project=PROJECT, model=data.schema.name))
+    }
+    a, b = outputs["v1"], outputs["v2"]
+    if task == "regression":
+        agree = np.abs(a - b) <= 0.5
+        assert rows["mae_diff"]["value"] == pytest.approx(
+            np.abs(b - truth).mean() - np.abs(a - truth).mean(), abs=1e-9
+        )
+        assert rows["score_drift"]["feature"] == "@prediction"
+    else:
+        agree = a == b
+        assert rows["accuracy_diff"]["value"] == pytest.approx(
+            (b == truth).mean() - (a == truth).mean(), abs=1e-12
+        )
+        drift = rows["score_drift"]
+        assert drift["feature"] == "@prediction" and drift["details"]["method"] == "jensen_shannon"
+        assert drift["alert"]  # the shadow favours class a
+    assert rows["prediction_agreement"]["value"] == pytest.approx(agree.mean(), abs=1e-12)
+    assert rows["prediction_agreement"]["sample_size"] == n
