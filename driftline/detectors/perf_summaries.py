@@ -186,7 +186,7 @@ class PerfSummarizer:
                 f"INSERT INTO {regsum} (kind, version, slice, bucket, gen, labeled, n, se, se2, sae, sape, nape, sy, sy2, sp, sp2) "
                 f"SELECT '{kind}', version, slice, bucket, {gen}, labeled, count(), sum(e), sum(e * e), sum(abs(e)), "
                 "sum(if(yv != 0, abs(e) / abs(yv), 0)), countIf(labeled = 1 AND yv != 0), sum(yv), sum(yv * yv), "
-                f"sum(pv), sum(pv * pv) FROM (SELECT version, bucket, {singles} AS slice, has AS labeled, "
+                f"sum(pv), sum(pv * pv) FROM (SELECT version, bucket, {everything} AS slice, has AS labeled, "
                 "assumeNotNull(prediction) AS pv, if(has = 1, assumeNotNull(label), 0.) AS yv, if(has = 1, pv - yv, 0.) AS e "
                 f"FROM ({rows_sql}) WHERE isNotNull(prediction)) GROUP BY version, slice, bucket, labeled",
                 params,
@@ -395,15 +395,20 @@ class PerfSummarizer:
             classes = list(schema.classes)
             for (v, sl), idx in cgroups.items():
                 ix = np.asarray(idx)
-                found = {str(x) for x in cs["pred"][ix]} | {str(x) for x in cs["label"][ix]}
-                seen = sorted(found - set(classes) - {""})
-                labels = classes + seen
-                pos = {c: i for i, c in enumerate(labels)}
+                preds = np.asarray([str(x) for x in cs["pred"][ix]], dtype=object)
+                actual = np.asarray([str(x) for x in cs["label"][ix]], dtype=object)
+                found = set(preds.tolist()) | set(actual.tolist())
+                labels = classes + sorted(found - set(classes) - {""})
+                lookup = {c: i for i, c in enumerate(labels)}
+                pi = np.asarray([lookup.get(p, -1) for p in preds])
+                li = np.asarray([lookup.get(a, -1) for a in actual])
+                keep = (pi >= 0) & (li >= 0)
                 matrix = np.zeros((n_windows, len(labels), len(labels)), dtype=np.int64)
-                for j in ix:
-                    predicted, actual = str(cs["pred"][j]), str(cs["label"][j])
-                    if predicted in pos and actual in pos:
-                        matrix[int(cs["w"][j]), pos[predicted], pos[actual]] += int(cs["n"][j])
+                np.add.at(
+                    matrix,
+                    (cs["w"][ix][keep].astype(np.int64), pi[keep], li[keep]),
+                    cs["n"][ix][keep].astype(np.int64),
+                )
                 s = get(v, sl)
                 s.classes = labels
                 s.confusion = matrix

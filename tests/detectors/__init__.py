@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from driftline.detectors.feature_drift import DriftConfig
+from driftline.detectors.base import DetectorConfig
 from driftline.detectors.results import MetricsQuery
 from driftline.detectors.runner import Runner
 from driftline.ingest.columns import PiiHasher, RowErrors
@@ -93,7 +94,9 @@ class Loaded:
         batch = build_reference(self.schema, version, ArrowSource(table), RowErrors(), now=NOW, hasher=HASHER)
         self.store.replace_reference(PROJECT, self.schema, version, batch.table)
 
-    def run(self, configs: list[DriftConfig], start: int, end: int, step: int = DAY) -> list[dict[str, Any]]:
+    def run(
+        self, configs: Sequence[DetectorConfig], start: int, end: int, step: int = DAY
+    ) -> list[dict[str, Any]]:
         """Run the detectors through the Runner and read every row back from the metrics table."""
         result = self.runner.run(PROJECT, self.model, configs, start, end, step, now=NOW)
         assert not result.errors, result.errors
