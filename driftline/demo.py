@@ -15,6 +15,7 @@ would.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -232,8 +233,19 @@ def traffic(rng: np.random.Generator, champion: Any, shadow: Any, scenario: Scen
     return Traffic(preds, shadow_tbl, labels, feedback, start, end)
 
 
-def load(url: str, key: str, scenario: Scenario | None = None, *, detect: bool = True) -> dict[str, Any]:
-    """Train, register, replay and detect against a running API; returns what was loaded."""
+def load(
+    url: str,
+    key: str,
+    scenario: Scenario | None = None,
+    *,
+    detect: bool = True,
+    setup: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Train, register, replay and detect against a running API; returns what was loaded.
+
+    `setup` runs once the model is registered and before traffic arrives (e.g. to add a
+    retraining policy), so that detection sees it.
+    """
     from driftline.client import Driftline
 
     scenario = scenario or Scenario()
@@ -254,6 +266,8 @@ def load(url: str, key: str, scenario: Scenario | None = None, *, detect: bool =
             eval_report_uri="s3://models/loan_default/v1/eval.html",
         )
         client.register_version(MODEL, "v2", role="shadow", approval="pending", data_version="2026-10")
+        if setup is not None:
+            setup(MODEL)
         ref = reference(rng, champion)
         client.upload_reference(MODEL, "v1", ref)
         shadow_ref = ref.set_column(

@@ -55,6 +55,14 @@ class DriftConfig(DetectorConfig):
     features: the columns to watch (all when None).
     slices: also compare every slice of each categorical metadata field.
     min_samples: a window with fewer non-null values gets no verdict (status no_data).
+    slice_min_samples: the same for slices.
+    small_window: a slice window with at most this many values is judged by a test (KS,
+        chi-square, z) rather than a distance, as Evidently judges small references: a
+        distance over a few hundred rows is mostly sampling noise (the normed Wasserstein of
+        two samples of 120 rows from one distribution is about 0.1), while a test's p-value
+        accounts for n and Benjamini-Hochberg for the many slices.
+    max_categories: a categorical column whose reference holds more distinct values is an
+        identifier (a hashed e-mail, an id) rather than a distribution; it gets no verdict.
     """
 
     methods: dict[str, str] = Field(default_factory=dict)
@@ -64,6 +72,9 @@ class DriftConfig(DetectorConfig):
     features: list[str] | None = None
     slices: bool = True
     min_samples: int = Field(default=30, ge=1)
+    slice_min_samples: int = Field(default=30, ge=1)
+    small_window: int = Field(default=1000, ge=0)
+    max_categories: int = Field(default=200, ge=2)
 
     @model_validator(mode="after")
     def _known_methods(self) -> DriftConfig:
@@ -285,11 +296,23 @@ class DriftEvaluation:
         if reference.n == 0:
             cell.reason = f"the reference of version {ref.version!r} has no values of {column.name!r}"
             return cell
-        cell.method = override or default_method(column.kind, reference, current)
-        if current.n < self.config.min_samples:
+        if (
+            override is None
+            and reference.keys is not None
+            and not reference.exact()
+            and len(reference.keys) > self.config.max_categories
+        ):
             cell.reason = (
-                f"{current.n} non-null values in the window, fewer than min_samples={self.config.min_samples}"
+                f"{len(reference.keys)} distinct values in the reference: an identifier rather than a distribution "
+                f"(set max_categories above it, or a method for {column.name!r}, to compare it anyway)"
             )
+            return cell
+        small = bool(slice_) and current.n <= self.config.small_window
+        cell.method = override or default_method(column.kind, reference, current, small=small)
+        floor = max(self.config.min_samples, self.config.slice_min_samples if slice_ else 0)
+        if current.n < floor:
+            setting = "slice_min_samples" if slice_ and floor > self.config.min_samples else "min_samples"
+            cell.reason = f"{current.n} non-null values in the window, fewer than {setting}={floor}"
             return cell
         try:
             method = get(cell.method, column.kind)

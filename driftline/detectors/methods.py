@@ -343,22 +343,24 @@ def value_count(reference: Sample, current: Sample) -> int | None:
     return len(aligned(reference, current)[0])
 
 
-def default_method(kind: ColumnKind, reference: Sample, current: Sample) -> str:
+def default_method(kind: ColumnKind, reference: Sample, current: Sample, *, small: bool = False) -> str:
     """Evidently 0.7's choice (`_get_default_stattest`), from reference size and number of values.
 
     Reference of at most 1000 values: KS for numeric columns with more than 5 values, else
     chi-square (more than 2 values) or the Z-test. Larger reference: Wasserstein for numeric
     columns with more than 5 values, else Jensen-Shannon. A numeric column not counted by
-    value has more than 20 values in its reference, so more than 5.
+    value has more than 20 values in its reference, so more than 5. `small` asks for the
+    small-sample choice whatever the reference's size (tests, whose p-values know n).
     """
     values = value_count(reference, current)
+    small = small or reference.n <= SMALL_REFERENCE
     if kind is ColumnKind.NUMERIC:
         few = values is not None and values <= FEW_VALUES
-        if reference.n <= SMALL_REFERENCE:
+        if small:
             if not few:
                 return "ks"
             return "chi2" if values is not None and values > 2 else "z"
         return "jensen_shannon" if few else "wasserstein"
-    if reference.n <= SMALL_REFERENCE:
+    if small:
         return "chi2" if values is None or values > 2 else "z"
     return "jensen_shannon"
