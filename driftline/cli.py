@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,6 +18,8 @@ app = typer.Typer(
 )
 keys_app = typer.Typer(help="API keys: create, list, revoke (works on the metadata store directly).")
 app.add_typer(keys_app, name="keys")
+alerts_app = typer.Typer(help="Alert channels and notifications (through a running API).")
+app.add_typer(alerts_app, name="alerts")
 
 ApiUrl = Annotated[str, typer.Option("--api", envvar="DRIFTLINE_API_URL", help="Base URL of a running API.")]
 ApiKey = Annotated[str, typer.Option("--key", envvar="DRIFTLINE_API_KEY", help="An API key for that API.")]
@@ -42,24 +45,61 @@ def serve(
 
 @app.command()
 def up(
-    host: Annotated[str | None, typer.Option(help="Interface to bind (default 127.0.0.1).")] = None,
-    port: Annotated[int | None, typer.Option(help="API port (default 8000).")] = None,
+    demo: Annotated[
+        bool, typer.Option("--demo", help="Load a demo model with drifting traffic, late labels and alerts.")
+    ] = False,
+    port: Annotated[int, typer.Option(help="API port (another free one if taken).")] = 8000,
+    dashboard_port: Annotated[int, typer.Option(help="Dashboard port (another free one if taken).")] = 8501,
+    dashboard: Annotated[bool, typer.Option(help="Start the dashboard too.")] = True,
 ) -> None:
-    """Start the stack on this machine and print its URL and an admin key."""
-    settings = _settings(host=host, port=port)
-    if settings.bootstrap_key is None:
-        from pydantic import SecretStr
+    """Start the stack (API with its scheduler, and the dashboard) and print the URLs and an admin key.
 
-        key = "dl_" + secrets.token_urlsafe(32)
-        settings = settings.model_copy(update={"bootstrap_key": SecretStr(key)})
-    else:
-        key = settings.bootstrap_key.get_secret_value()
-    typer.echo(f"driftline API:  http://{settings.host}:{settings.port}  (OpenAPI at /docs)")
-    typer.echo(f"admin key:      {key}")
-    typer.echo(f"data dir:       {settings.home}")
-    from driftline.ingest.app import serve as run
+    Runs until Ctrl-C. With --demo, data goes to <home>/demo, made fresh at each start.
+    """
+    from driftline import up as stack_mod
 
-    run(settings)
+    settings = get_settings()
+    began = time.monotonic()
+    key = (
+        settings.bootstrap_key.get_secret_value()
+        if settings.bootstrap_key
+        else "dl_" + secrets.token_urlsafe(32)
+    )
+    home = stack_mod.demo_home(settings.home) if demo else settings.home
+    stack = stack_mod.Stack(
+        home,
+        stack_mod.free_port(port),
+        stack_mod.free_port(dashboard_port),
+        key,
+        typer.echo,
+    )
+    typer.echo("starting driftline ...")
+    try:
+        stack.start(dashboard=dashboard)
+        if demo:
+            typer.echo("loading the demo: training a model, replaying four weeks of traffic, detecting ...")
+            result = stack.demo()
+            det = result.get("detection", {})
+            typer.echo(
+                f"demo loaded: {result['predictions']:,} predictions, {result['labels']:,} labels, "
+                f"{det.get('windows', 0)} windows detected, {det.get('alerts', 0)} findings"
+            )
+        typer.echo("")
+        if dashboard:
+            typer.echo(f"dashboard:  {stack.dashboard_url}")
+        typer.echo(f"API:        {stack.api_url}  (OpenAPI at {stack.api_url}/docs)")
+        typer.echo(f"admin key:  {key}")
+        typer.echo(f"data dir:   {home}")
+        if demo and stack.receiver is not None:
+            typer.echo(f"webhooks:   {stack.receiver.url} (logged to {home / 'webhook.log'})")
+        typer.echo(f"ready in {time.monotonic() - began:.0f} s; Ctrl-C stops everything")
+        code = stack.wait()
+    except Exception as exc:
+        typer.echo(f"driftline up failed: {exc}", err=True)
+        code = 1
+    finally:
+        stack.stop()
+    raise typer.Exit(code)
 
 
 @app.command()
@@ -222,6 +262,7 @@ def detect(
 def _detect_here(
     settings: Settings, project: str, model: str, start: str, end: str, window: str | None
 ) -> dict[str, Any]:
+    from driftline.alerts import AlertService
     from driftline.detectors.monitors import iso, monitor_of
     from driftline.detectors.runner import Runner
     from driftline.detectors.scheduler import detect as run
@@ -238,7 +279,10 @@ def _detect_here(
             record = repos.monitors.get(project, model)
         chosen = window or monitor_of(record).config.window
         rng = detect_range(start, end, chosen, max_windows=settings.detect_max_windows)
-        result, configs = run(meta, Runner(events), project, model, rng)
+        runner = Runner(events)
+        result, configs = run(meta, runner, project, model, rng)
+        # notifications go to the outbox; a running API's sender delivers them
+        AlertService(settings, meta, runner.metrics).after_run(project, model, result)
     except DriftlineError as exc:
         typer.echo(f"detect failed: {exc.message}", err=True)
         raise typer.Exit(2 if exc.status_code < 500 else 1) from None
@@ -308,6 +352,8 @@ def worker(
     import signal
     import threading
 
+    from driftline.alerts import AlertService
+    from driftline.detectors.runner import Runner
     from driftline.detectors.scheduler import DetectionJobs, DetectionScheduler
     from driftline.ingest.telemetry import configure_logging
     from driftline.storage.events import EventStore, make_engine
@@ -327,11 +373,15 @@ def worker(
     events = EventStore(make_engine(settings))
     try:
         meta.migrate()
+        runner = Runner(events)
         jobs = DetectionJobs(
             meta,
             events,
+            runner,
             lease_seconds=settings.scheduler_lease_seconds,
             retention_days=settings.retention_days,
+            # rules are evaluated here; the API processes' senders deliver what they write
+            after_run=AlertService(settings, meta, runner.metrics).after_run,
         )
         if once:
             for run in jobs.sweep():
@@ -359,6 +409,70 @@ def worker(
     finally:
         events.engine.close()
         meta.dispose()
+
+
+@alerts_app.command("test-channel")
+def alerts_test_channel(
+    name: Annotated[str, typer.Argument(help="The channel's name (or id).")],
+    api: ApiUrl = "http://127.0.0.1:8000",
+    key: ApiKey = "",
+    wait: Annotated[float, typer.Option(help="Seconds to wait for the delivery outcome.")] = 30.0,
+) -> None:
+    """Send a test message to a channel through the running API's outbox and report how it went.
+
+    Exit code 0 when the receiver accepted it, 1 when the delivery failed (the reason is printed; the message is dead-lettered and listed by GET /v1/outbox?state=dead), 2 when the request was refused.
+    """
+    import httpx
+
+    if not key:
+        typer.echo("an admin key is needed: --key or DRIFTLINE_API_KEY", err=True)
+        raise typer.Exit(2)
+    try:
+        response = httpx.post(
+            f"{api.rstrip('/')}/v1/channels/{name}/test",
+            params={"wait": wait},
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=httpx.Timeout(10.0, read=wait + 30.0),
+        )
+    except httpx.HTTPError as exc:
+        typer.echo(f"cannot reach the API at {api}: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if response.status_code >= 400:
+        try:
+            detail = response.json().get("detail", response.text)
+        except ValueError:
+            detail = response.text
+        typer.echo(f"refused ({response.status_code}): {detail}", err=True)
+        raise typer.Exit(2)
+    item = response.json()
+    if item["state"] == "delivered":
+        typer.echo(f"delivered to channel {name} (HTTP {item['last_status']}), notification {item['id']}")
+        return
+    if item["state"] == "dead":
+        typer.echo(f"delivery to channel {name} failed: {item['last_error']}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"notification {item['id']} is still {item['state']} after {wait:.0f}s", err=True)
+    raise typer.Exit(1)
+
+
+@app.command()
+def dashboard(
+    api: ApiUrl = "http://127.0.0.1:8000",
+    key: ApiKey = "",
+    port: Annotated[int, typer.Option(help="Port of the dashboard.")] = 8501,
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+) -> None:
+    """Run the Streamlit dashboard against a running API until Ctrl-C.
+
+    The dashboard process gets the key through its environment. Give it here through DRIFTLINE_API_KEY rather than --key to keep it out of ps too. A read key shows everything; acknowledging, approving and rejecting need an admin key.
+    """
+    from driftline.dashboard import launch
+
+    if not key:
+        typer.echo("a key is needed: --key or DRIFTLINE_API_KEY", err=True)
+        raise typer.Exit(2)
+    typer.echo(f"driftline dashboard on http://{host}:{port} (API {api}); Ctrl-C stops it")
+    raise typer.Exit(launch.run(api, key, port=port, host=host))
 
 
 def main() -> None:  # pragma: no cover - console entry

@@ -83,6 +83,37 @@ class Settings(BaseSettings):
         default=60.0, ge=0, description="How long detection waits for the spool to drain into the store."
     )
 
+    alerts_delivery_enabled: bool = Field(
+        default=True, description="Run the outbox sender (alerts, retraining dispatch) in API processes."
+    )
+    alerts_poll_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="How often an idle sender looks for notifications that fell due.",
+    )
+    alerts_concurrency: int = Field(
+        default=4, ge=1, le=64, description="Notifications sent at once per process."
+    )
+    alerts_max_attempts: int = Field(
+        default=8, ge=1, le=100, description="Attempts before a notification is dead-lettered."
+    )
+    alerts_retry_base_seconds: float = Field(
+        default=5.0, gt=0, description="First retry delay; doubles per attempt (with jitter)."
+    )
+    alerts_retry_max_seconds: float = Field(
+        default=3600.0, gt=0, description="Longest delay between attempts."
+    )
+    alerts_retry_after_max_seconds: float = Field(
+        default=6 * 3600.0, gt=0, description="Longest Retry-After a receiver may ask for."
+    )
+    alerts_timeout_seconds: float = Field(default=10.0, gt=0, le=300, description="One HTTP attempt.")
+    alerts_lease_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        description="How long a sender holds a notification it is sending; a crashed sender's wait this long.",
+    )
+
     @field_validator("home", "spool_dir", "events_dir", mode="after")
     @classmethod
     def _expand(cls, value: Path | None) -> Path | None:
@@ -94,6 +125,16 @@ class Settings(BaseSettings):
             raise ValueError("DRIFTLINE_BOOTSTRAP_KEY must be at least 16 characters")
         if self.clickhouse_cluster and not self.clickhouse_url:
             raise ValueError("DRIFTLINE_CLICKHOUSE_CLUSTER needs DRIFTLINE_CLICKHOUSE_URL")
+        if self.alerts_lease_seconds < 4 * self.alerts_timeout_seconds:
+            # an attempt may take connect + write + read timeouts; a shorter lease would let a second
+            # sender resend while the first still waits
+            raise ValueError(
+                "DRIFTLINE_ALERTS_LEASE_SECONDS must be at least 4 x DRIFTLINE_ALERTS_TIMEOUT_SECONDS"
+            )
+        if self.alerts_retry_max_seconds < self.alerts_retry_base_seconds:
+            raise ValueError(
+                "DRIFTLINE_ALERTS_RETRY_MAX_SECONDS must not be below DRIFTLINE_ALERTS_RETRY_BASE_SECONDS"
+            )
         return self
 
     @property

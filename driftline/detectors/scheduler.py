@@ -144,6 +144,7 @@ class DetectionJobs:
         lease_seconds: float = 600.0,
         retention_days: int = 400,
         before_run: Callable[[], object] | None = None,
+        after_run: Callable[[str, str, RunResult], object] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.meta = meta
@@ -153,6 +154,9 @@ class DetectionJobs:
         self.lease_seconds = lease_seconds
         self.retention_days = retention_days
         self.before_run = before_run
+        # called with (project, model, result) once a chunk's results are written, before the
+        # watermark moves: alert evaluation, redone with the chunk if it fails
+        self.after_run = after_run
         self.clock = clock
         self.stopping = threading.Event()
 
@@ -254,6 +258,8 @@ class DetectionJobs:
                         raise LeaseLost(f"the lease on model {ref.model!r} passed to another worker")
                 result = self.runner.run(ref.project, info, configs, lo, hi, todo.step, now=now)
                 _add(run, result)
+                if self.after_run is not None:
+                    self.after_run(ref.project, ref.model, result)
                 # fenced: the watermark moves only while we still hold the lease (the renew locks its row)
                 with self.meta.repos() as repos:
                     if not repos.leases.renew(lease_name(ref.model_id), self.owner, self.lease_seconds):

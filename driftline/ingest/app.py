@@ -25,7 +25,8 @@ from driftline.ingest.api_models import (
     PredictionBatch,
     ReferenceBody,
 )
-from driftline.ingest.routers import detect, events, health, keys, models
+from driftline.ingest.routers import alerts, detect, events, health, keys, models, retraining
+from driftline.ingest.routers import views as views_router
 from driftline.ingest.state import AppState
 from driftline.ingest.telemetry import Metrics, configure_logging, request_id_var
 
@@ -126,6 +127,9 @@ def create_app(settings: Settings | None = None, *, state: AppState | None = Non
     app.include_router(events.router)
     app.include_router(keys.router)
     app.include_router(detect.router)
+    app.include_router(alerts.router)
+    app.include_router(retraining.router)
+    app.include_router(views_router.router)
 
     @app.exception_handler(DriftlineError)
     async def on_driftline_error(request: Request, exc: DriftlineError) -> JSONResponse:

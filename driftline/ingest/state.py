@@ -1,4 +1,5 @@
-"""What one API process holds: settings, both stores, the spool and its flusher, the detection runner.
+"""What one API process holds: settings, both stores, the spool and its flusher, the detection runner,
+and alerting (rule evaluation after every detector run, the outbox sender).
 
 Built in the app's lifespan (never at import), closed at shutdown; tests build one
 per app against temp dirs. On the embedded event store only this process may touch
@@ -12,6 +13,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from driftline.alerts import AlertMetrics, AlertService
 from driftline.config import Settings, secret_key
 from driftline.detectors.runner import Runner
 from driftline.ingest.columns import PiiHasher
@@ -42,6 +44,7 @@ class AppState:
     hasher: PiiHasher
     metrics: Metrics
     runner: Runner
+    alerts: AlertService
     recent: RecentKeys = field(default_factory=RecentKeys)
     scheduler: DetectionScheduler | None = None
 
@@ -77,6 +80,8 @@ class AppState:
             max_rows=settings.flush_max_rows,
         )
         metrics.spool_bytes.set_function(lambda: spool.pending_bytes)
+        runner = Runner(events)
+        alerts = AlertService(settings, meta, runner.metrics, AlertMetrics(metrics.registry, meta))
         return cls(
             settings=settings,
             meta=meta,
@@ -86,7 +91,8 @@ class AppState:
             models=models,
             hasher=PiiHasher(secret_key(settings)),
             metrics=metrics,
-            runner=Runner(events),
+            runner=runner,
+            alerts=alerts,
         )
 
     @property
@@ -97,6 +103,7 @@ class AppState:
 
     def start(self) -> None:
         self.flusher.start()
+        self.alerts.start()
         if self.runs_scheduler:
             from driftline.detectors.scheduler import DetectionJobs, DetectionScheduler
 
@@ -109,6 +116,7 @@ class AppState:
                 retention_days=self.settings.retention_days,
                 # rows acknowledged before a sweep are in the store when it reads them
                 before_run=lambda: spool.wait_empty(timeout),
+                after_run=self.alerts.after_run,
             )
             self.scheduler = DetectionScheduler(jobs, tick_seconds=self.settings.scheduler_tick_seconds)
             self.scheduler.start()
@@ -117,6 +125,7 @@ class AppState:
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=True)
             self.scheduler = None
+        self.alerts.close()
         self.flusher.stop(timeout=10.0)
         self.spool.close()
         self.events.engine.close()

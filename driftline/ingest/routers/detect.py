@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any, Literal
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Response
 from pydantic import BaseModel, Field
 
 from driftline.detectors.base import DetectorConfig
-from driftline.detectors.monitors import Monitor, MonitorConfig, iso, monitor_of, parse_time
-from driftline.detectors.results import MetricsQuery
+from driftline.detectors.monitors import Monitor, MonitorConfig, iso, monitor_of, parse_duration, parse_time
 from driftline.detectors.scheduler import detect, detect_range
 from driftline.errors import InvalidInput, Unavailable
 from driftline.ingest.api_models import ErrorOut
 from driftline.ingest.deps import AdminKey, ReadKey, State
+from driftline.ingest.metric_reads import MetricsSelect, encode, read_items, split_values
 
 router = APIRouter(prefix="/v1/models", tags=["detection"])
 
@@ -83,7 +82,7 @@ class MetricOut(BaseModel):
     alert: bool
     sample_size: int
     status: str = Field(description="ok, no_data or error")
-    details: dict[str, Any]
+    details: dict[str, Any] | None = Field(default=None, description="Left out when details=false")
 
 
 class MetricsOut(BaseModel):
@@ -168,6 +167,7 @@ def run_detect(body: DetectIn, state: State, key: AdminKey, model: str = ModelPa
             retry_after=10,
         )
     result, configs = detect(state.meta, state.runner, key.project, model, rng)
+    state.alerts.after_run(key.project, model, result)
     return DetectOut(
         model=model,
         start=iso(result.start) or "",
@@ -193,69 +193,54 @@ def _time(value: str | None, what: str) -> int | None:
         raise InvalidInput(str(exc)) from None
 
 
-def _finite(value: Any) -> Any:
-    """JSON has no NaN or infinity: they become null."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
-
-
 @router.get(
     "/{model}/metrics",
     response_model=MetricsOut,
     responses=_ERRORS,
     summary="Detection results, filtered; a re-run's rows replace the earlier ones",
+    description="detector, metric, feature and version take one value or several separated by commas "
+    "(metric=psi,wasserstein). For pages over many windows, details=false leaves out the widest "
+    "field and window=1h keeps the results of one window length.",
 )
 def get_metrics(
     state: State,
     key: ReadKey,
     model: str = ModelPath,
-    detector: str | None = Query(default=None, max_length=100, description="Detector kind"),
-    metric: str | None = Query(default=None, max_length=200),
-    feature: str | None = Query(default=None, max_length=200),
+    detector: str | None = Query(default=None, max_length=1000, description="Detector kind(s)"),
+    metric: str | None = Query(default=None, max_length=2000),
+    feature: str | None = Query(default=None, max_length=20_000),
     slice: str | None = Query(default=None, max_length=300, description="'' is the whole population"),
-    version: str | None = Query(default=None, max_length=64),
+    version: str | None = Query(default=None, max_length=1000),
     status: Literal["ok", "error", "no_data"] | None = Query(default=None),
     start: str | None = Query(default=None, description="Windows starting at or after (ISO 8601 or epoch)"),
     end: str | None = Query(default=None, description="Windows ending at or before (ISO 8601 or epoch)"),
+    window: str | None = Query(
+        default=None, max_length=10, description="Only windows of this length, e.g. '1h' or '1d'"
+    ),
+    details: bool = Query(default=True, description="false: leave out each item's details"),
     limit: int = Query(default=10_000, ge=1, le=100_000),
-) -> MetricsOut:
+) -> Response:
     info = state.models.get(key.project, model)
-    query = MetricsQuery(
+    length = None
+    if window:
+        try:
+            length = parse_duration(window, "window")
+        except ValueError as exc:
+            raise InvalidInput(str(exc)) from None
+    query = MetricsSelect(
         project=key.project,
         model=info.name,
-        detector=detector,
-        metric=metric,
-        feature=feature,
+        detectors=split_values(detector),
+        metrics=split_values(metric),
+        features=split_values(feature),
+        versions=split_values(version),
         slice=slice,
-        version=version,
+        status=status,
         start=_time(start, "start"),
         end=_time(end, "end"),
-        status=status,
-        limit=limit + 1,
+        window=length,
+        details=details,
+        limit=limit,
     )
-    rows = state.runner.metrics.read(query)
-    items = [
-        MetricOut(
-            window_start=iso(r["window_start"]) or "",
-            window_end=iso(r["window_end"]) or "",
-            version=str(r["version"]),
-            detector=str(r["detector"]),
-            detector_id=str(r["detector_id"]),
-            metric=str(r["metric"]),
-            feature=str(r["feature"]),
-            slice=str(r["slice"]),
-            value=_finite(r["value"]),
-            threshold=_finite(r["threshold"]),
-            alert=bool(r["alert"]),
-            sample_size=int(r["sample_size"]),
-            status=str(r["status"]),
-            details=_finite(r["details"]),
-        )
-        for r in rows[:limit]
-    ]
-    return MetricsOut(items=items, truncated=len(rows) > limit)
+    items, truncated = read_items(state.runner.metrics, query)
+    return Response(encode(items, truncated), media_type="application/json")

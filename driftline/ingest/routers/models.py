@@ -79,6 +79,8 @@ def model_out(state: AppState, info: ModelInfo, *, with_counts: bool) -> ModelOu
 def register_model(schema: ModelSchema, state: State, key: AdminKey, response: Response) -> ModelOut:
     with state.meta.repos() as repos:
         info, created = repos.models.register(key.project, schema)
+        if created:
+            state.alerts.create_default_rules(repos, key.project, info.name)
     state.events.ensure_model(key.project, info.schema)
     state.models.put(info)
     if not created:

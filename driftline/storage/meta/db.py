@@ -27,10 +27,13 @@ from sqlalchemy.exc import (
 from sqlalchemy.orm import Session, sessionmaker
 
 from driftline.errors import Conflict, InvalidInput, StoreError
+from driftline.storage.meta.alert_rules import AlertRepository, ChannelRepository, RuleRepository
 from driftline.storage.meta.keys import KeyRepository
 from driftline.storage.meta.monitors import LeaseRepository, MonitorRepository
+from driftline.storage.meta.outbox import OutboxRepository
 from driftline.storage.meta.projects import ProjectRepository
 from driftline.storage.meta.registry import ModelRepository, ReferenceRepository, VersionRepository
+from driftline.storage.meta.retraining import PolicyRepository, TriggerRepository
 
 if TYPE_CHECKING:
     from driftline.config import Settings
@@ -119,6 +122,12 @@ class Repositories:
     references: ReferenceRepository
     monitors: MonitorRepository
     leases: LeaseRepository
+    channels: ChannelRepository
+    rules: RuleRepository
+    alerts: AlertRepository
+    outbox: OutboxRepository
+    policies: PolicyRepository
+    triggers: TriggerRepository
 
 
 class MetaStore:
@@ -173,6 +182,12 @@ class MetaStore:
                 references=ReferenceRepository(session),
                 monitors=MonitorRepository(session),
                 leases=LeaseRepository(session),
+                channels=ChannelRepository(session),
+                rules=RuleRepository(session),
+                alerts=AlertRepository(session),
+                outbox=OutboxRepository(session),
+                policies=PolicyRepository(session),
+                triggers=TriggerRepository(session),
             )
 
     def ping(self) -> None:

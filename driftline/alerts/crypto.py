@@ -1,0 +1,64 @@
+"""Channel URLs and secrets at rest: Fernet tokens under a key derived from the deployment secret.
+
+A Slack incoming-webhook URL is itself a credential, so URLs are encrypted like secrets.
+The key is derived with HKDF for this one purpose, so the PII-hashing use of the same
+deployment secret never shares key material with it. What the API shows instead is a
+hint: the scheme and host, never the path or query that carry the token.
+"""
+
+from __future__ import annotations
+
+import base64
+from urllib.parse import urlsplit
+
+from cryptography.fernet import Fernet, InvalidToken
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from driftline.errors import DriftlineError
+
+_INFO = b"driftline alerts: channel urls and secrets"
+
+
+class SecretUnreadable(DriftlineError):
+    """A stored token does not decrypt: the deployment secret changed since it was written."""
+
+    status_code = 500
+
+
+class SecretBox:
+    def __init__(self, deployment_secret: bytes) -> None:
+        key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_INFO).derive(deployment_secret)
+        self._fernet = Fernet(base64.urlsafe_b64encode(key))
+
+    def seal(self, plaintext: str) -> str:
+        return self._fernet.encrypt(plaintext.encode("utf-8")).decode("ascii")
+
+    def open(self, token: str) -> str:
+        try:
+            return self._fernet.decrypt(token.encode("ascii")).decode("utf-8")
+        except (InvalidToken, ValueError) as exc:
+            raise SecretUnreadable(
+                "a stored channel URL or secret does not decrypt: was DRIFTLINE_SECRET_KEY changed? "
+                "Set the URL (and secret) again"
+            ) from exc
+
+
+def url_hint(url: str) -> str:
+    """What may be shown of a URL: scheme and host (the path and query may hold a token)."""
+    parts = urlsplit(url)
+    host = parts.hostname or "?"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}/…"
+
+
+def redact(text: str, *secrets: str | None) -> str:
+    """Text with every given secret (and a URL's path) replaced, for errors that are stored or logged."""
+    out = text
+    for secret in secrets:
+        if secret:
+            out = out.replace(secret, "[redacted]")
+            path = urlsplit(secret).path
+            if len(path) > 1:
+                out = out.replace(path, "/[redacted]")
+    return out
