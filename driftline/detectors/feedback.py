@@ -100,10 +100,10 @@ class Feedback:
             f"SELECT request_id, version, intDiv(toUInt32(ts) - %(lo)s, %(step)s) AS w, prediction AS pv "
             f"FROM {preds} WHERE {rng}"
         )
-        ids = f"request_id IN (SELECT request_id FROM {preds} WHERE {rng})"
+        ids = f"request_id GLOBAL IN (SELECT request_id FROM {preds} WHERE {rng})"
         rate = ctx.events.engine.query_columns(
             f"SELECT version, w, count() AS predictions, sum(reviewed) AS reviewed FROM ({window}) AS p "
-            f"ANY LEFT JOIN (SELECT request_id, toUInt8(1) AS reviewed FROM {feedback} WHERE {ids} "
+            f"GLOBAL ANY LEFT JOIN (SELECT request_id, toUInt8(1) AS reviewed FROM {feedback} WHERE {ids} "
             "GROUP BY request_id) AS f USING request_id GROUP BY version, w",
             params,
         )
@@ -117,7 +117,7 @@ class Feedback:
         reviews = ctx.events.engine.query_columns(
             f"SELECT version, w, outcome, count() AS reviews, sum(has_label) AS labelled, "
             f"sum(toUInt8(has_label = 1 AND {same})) AS agreed FROM ({window}) AS p "
-            "ALL INNER JOIN (SELECT request_id, reviewer, argMax(outcome, received) AS outcome, "
+            "GLOBAL ALL INNER JOIN (SELECT request_id, reviewer, argMax(outcome, received) AS outcome, "
             "argMax(toUInt8(isNotNull(label)), received) AS has_label, argMax(label, received) AS fl "
             f"FROM {feedback} WHERE {ids} GROUP BY request_id, reviewer) AS f USING request_id "
             "GROUP BY version, w, outcome",

@@ -26,7 +26,7 @@ import numpy as np
 
 from driftline.detectors.summaries import BUCKET_SECONDS, REFERENCE_CHUNKS, _runs
 from driftline.schema import FeatureKind, ModelSchema, Task
-from driftline.storage.events import EventStore, Kind
+from driftline.storage.events import EventStore, Kind, ddl
 from driftline.storage.events.tables import FEATURE_PREFIX, META_PREFIX, TableNames
 
 BINS = 100
@@ -98,18 +98,19 @@ class PerfSummarizer:
     def __init__(self, events: EventStore) -> None:
         self.events = events
         self.engine = events.engine
-        self._ready: set[str] = set()
+        self._ready: dict[str, float] = {}
         self._seen: dict[tuple[str, int, int], tuple[Any, ...]] = {}
 
     def ensure(self, names: TableNames) -> None:
+        """Create the tables, at most once a minute per model (they may be dropped with it)."""
         key = names.table("perfsum")
-        if key in self._ready:
+        if time.monotonic() - self._ready.get(key, -1e9) < 60:
             return
         from driftline.detectors.summaries import summary_ddl
 
-        for ddl in summary_ddl(names, self.engine.info) + perf_ddl(names):
-            self.engine.execute(ddl)
-        self._ready.add(key)
+        for statement in summary_ddl(names, self.engine.info) + perf_ddl(names):
+            ddl.create_from_statement(self.engine, statement)
+        self._ready[key] = time.monotonic()
 
     # -- the joined rows ----------------------------------------------------------------------
 
@@ -119,8 +120,8 @@ class PerfSummarizer:
         rng = "ts >= toDateTime(%(lo)s, 'UTC') AND ts < toDateTime(%(hi)s, 'UTC')"
         return (
             f"SELECT version, ts, toStartOfHour(ts) AS bucket, {', '.join(cols)}, label, has FROM {preds} "
-            f"ANY LEFT JOIN (SELECT request_id, argMax(label, received) AS label, toUInt8(1) AS has FROM {labels} "
-            f"WHERE request_id IN (SELECT request_id FROM {preds} WHERE {rng}) GROUP BY request_id) AS l "
+            f"GLOBAL ANY LEFT JOIN (SELECT request_id, argMax(label, received) AS label, toUInt8(1) AS has FROM {labels} "
+            f"WHERE request_id GLOBAL IN (SELECT request_id FROM {preds} WHERE {rng}) GROUP BY request_id) AS l "
             f"USING request_id WHERE {rng}"
         )
 
@@ -342,7 +343,7 @@ class PerfSummarizer:
             "all": "1",
         }[slices]
         gens = (
-            f"(version, bucket, gen) IN (SELECT version, bucket, max(gen) FROM {ledger} WHERE kind = '{kind}' "
+            f"(version, bucket, gen) GLOBAL IN (SELECT version, bucket, max(gen) FROM {ledger} WHERE kind = '{kind}' "
             f"AND slice = '' AND {where} GROUP BY version, bucket)"
         )
         window = "intDiv(toUInt32(bucket) - %(lo)s, %(step)s)"

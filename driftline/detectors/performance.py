@@ -490,8 +490,8 @@ def label_delays(ctx: RunContext, windows: int) -> dict[str, tuple[FloatArray, F
         "SELECT version, w, n, qs[1] AS p50, qs[2] AS p90 FROM (SELECT version, "
         "intDiv(toUInt32(ts) - %(lo)s, %(step)s) AS w, count() AS n, quantilesExact(0.5, 0.9)("
         "greatest(toInt64(toUInt32(first)) - toInt64(toUInt32(ts)), toInt64(0))) AS qs "
-        f"FROM {preds} ANY INNER JOIN (SELECT request_id, min(received) AS first FROM {labels} "
-        f"WHERE request_id IN (SELECT request_id FROM {preds} WHERE {rng}) GROUP BY request_id) AS l "
+        f"FROM {preds} GLOBAL ANY INNER JOIN (SELECT request_id, min(received) AS first FROM {labels} "
+        f"WHERE request_id GLOBAL IN (SELECT request_id FROM {preds} WHERE {rng}) GROUP BY request_id) AS l "
         f"USING request_id WHERE {rng} GROUP BY version, w)",
         {"lo": ctx.start, "hi": ctx.end, "step": ctx.step},
     )

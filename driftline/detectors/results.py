@@ -16,7 +16,7 @@ from typing import Any
 import pyarrow as pa
 
 from driftline.detectors.base import MetricRow
-from driftline.storage.events import EventEngine
+from driftline.storage.events import EventEngine, ddl
 from driftline.storage.events.engine import rows as as_rows
 
 TS = pa.timestamp("s", tz="UTC")
@@ -46,14 +46,18 @@ class MetricsTable:
     def ensure(self) -> None:
         if self._ready:
             return
-        self.engine.execute(
-            f"CREATE TABLE IF NOT EXISTS {self.table} (project String, model String, version String, "
-            "detector String, detector_id String, metric String, feature String, slice String, "
-            "window_start DateTime('UTC'), window_end DateTime('UTC'), value Nullable(Float64), "
-            "threshold Nullable(Float64), alert UInt8, sample_size UInt64, status String, details String, "
-            "computed DateTime('UTC'), computed_ns UInt64) "
-            "ENGINE = ReplacingMergeTree(computed_ns) PARTITION BY toYYYYMM(window_start) "
-            "ORDER BY (project, model, version, detector, detector_id, metric, feature, slice, window_start, window_end)"
+        ddl.create_table(
+            self.engine,
+            self.table,
+            "project String, model String, version String, detector String, detector_id String, metric String, "
+            "feature String, slice String, window_start DateTime('UTC'), window_end DateTime('UTC'), "
+            "value Nullable(Float64), threshold Nullable(Float64), alert UInt8, sample_size UInt64, status String, "
+            "details String, computed DateTime('UTC'), computed_ns UInt64",
+            "ReplacingMergeTree(computed_ns) PARTITION BY toYYYYMM(window_start) "
+            "ORDER BY (project, model, version, detector, detector_id, metric, feature, slice, window_start, window_end)",
+            # a row and its re-run must meet on one shard for FINAL to keep only the newest
+            "cityHash64(project, model, version, detector, detector_id, metric, feature, slice, "
+            "toUInt32(window_start), toUInt32(window_end))",
         )
         self._ready = True
 
@@ -106,7 +110,7 @@ class MetricsTable:
             params["end"] = q.end
         got = self.engine.query_columns(
             "SELECT toUInt32(window_start) AS window_start, toUInt32(window_end) AS window_end, version, detector, "
-            "detector_id, metric, feature, slice, value, threshold, alert, sample_size, status, details "
+            "detector_id, metric, feature, slice, value, threshold, alert, sample_size, status, details, computed_ns "
             f"FROM {self.table} FINAL WHERE {' AND '.join(where)} "
             "ORDER BY window_start, version, detector, metric, feature, slice LIMIT %(limit)s",
             params,
@@ -115,13 +119,13 @@ class MetricsTable:
         for r in out:
             r["details"] = json.loads(r["details"]) if r["details"] else {}
             r["alert"] = bool(r["alert"])
+            r.pop("computed_ns", None)  # selected only because FINAL through a Distributed table needs it
         return out
 
     def delete_model(self, project: str, model: str) -> None:
         self.ensure()
-        self.engine.execute(
-            f"ALTER TABLE {self.table} DELETE WHERE project = %(p)s AND model = %(m)s",
-            {"p": project, "m": model},
+        ddl.delete_where(
+            self.engine, self.table, "project = %(p)s AND model = %(m)s", {"p": project, "m": model}
         )
 
 

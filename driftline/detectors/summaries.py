@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from driftline.schema import FeatureKind, ModelSchema, Task
-from driftline.storage.events import EventStore, Kind
+from driftline.storage.events import EventStore, Kind, ddl
 from driftline.storage.events.engine import EngineInfo
 from driftline.storage.events.tables import FEATURE_PREFIX, META_PREFIX, TableNames
 
@@ -161,15 +161,16 @@ class Summarizer:
     def __init__(self, events: EventStore) -> None:
         self.events = events
         self.engine = events.engine
-        self._ready: set[str] = set()
+        self._ready: dict[str, float] = {}
 
     def ensure(self, names: TableNames) -> None:
+        """Create the summary tables, at most once a minute per model (they may be dropped with it)."""
         key = names.table("ledger")
-        if key in self._ready:
+        if time.monotonic() - self._ready.get(key, -1e9) < 60:
             return
-        for ddl in summary_ddl(names, self.engine.info):
-            self.engine.execute(ddl)
-        self._ready.add(key)
+        for statement in summary_ddl(names, self.engine.info):
+            ddl.create_from_statement(self.engine, statement)
+        self._ready[key] = time.monotonic()
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -378,7 +379,7 @@ class Summarizer:
 
     def _live_gens(self, ledger: str, kind: str, where: str) -> str:
         return (
-            f"(version, bucket, gen) IN (SELECT version, bucket, max(gen) FROM {ledger} "
+            f"(version, bucket, gen) GLOBAL IN (SELECT version, bucket, max(gen) FROM {ledger} "
             f"WHERE kind = '{kind}' AND slice = '' AND {where} GROUP BY version, bucket)"
         )
 

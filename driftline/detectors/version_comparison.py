@@ -207,7 +207,7 @@ class VersionComparison:
             f"ifNull(sum({gap}), 0) AS gap, count({gap}) AS gaps FROM ("
             f"SELECT request_id, {window} AS w, prediction AS p1, {a} AS s1 FROM {table} "
             f"WHERE version = %(champion)s AND {rng}) AS c "
-            f"ALL INNER JOIN (SELECT request_id, version, prediction AS p2, {b} AS s2 FROM {table} "
+            f"GLOBAL ALL INNER JOIN (SELECT request_id, version, prediction AS p2, {b} AS s2 FROM {table} "
             "WHERE version IN %(others)s AND ts >= toDateTime(%(slo)s, 'UTC') AND ts < toDateTime(%(shi)s, 'UTC')) "
             "AS o USING request_id GROUP BY version, w",
             params,

@@ -181,7 +181,7 @@ def make_engine(settings: Settings) -> EventEngine:
     if settings.clickhouse_url:
         from driftline.storage.events.native_engine import NativeEngine
 
-        return NativeEngine(settings.clickhouse_url)
+        return NativeEngine(settings.clickhouse_url, cluster=settings.clickhouse_cluster)
     from driftline.storage.events.chdb_engine import ChdbEngine
 
     return ChdbEngine(settings.chdb_path, settings.events_database)

@@ -35,7 +35,13 @@ def _to_lists(data: pa.Table) -> list[list[Any]]:
 class NativeEngine:
     """ClickHouse server at clickhouse://user:pass@host:port/database."""
 
-    def __init__(self, url: str, *, pool_size: int = 8, connect_timeout: float = 5.0) -> None:
+    def __init__(
+        self, url: str, *, cluster: str | None = None, pool_size: int = 8, connect_timeout: float = 5.0
+    ) -> None:
+        self.url = url
+        self.cluster = cluster
+        self._nodes: list[NativeEngine] | None = None
+        self._database_ready = False
         parsed = urlparse(url)
         if parsed.scheme not in ("clickhouse", "clickhouses"):
             raise ValueError("the ClickHouse URL must look like clickhouse://user:pass@host:9000/db")
@@ -47,12 +53,14 @@ class NativeEngine:
             "port": self.port,
             "user": unquote(parsed.username or "default"),
             "password": unquote(parsed.password or ""),
-            "database": self.database,
+            # every statement names its tables in full: connect to `default`, make ours on first use
+            "database": "default",
             "connect_timeout": connect_timeout,
             "send_receive_timeout": 300,
             "sync_request_timeout": 5,
             "secure": parsed.scheme == "clickhouses",
-            "settings": dict(_SETTINGS),
+            # on a cluster, an insert returns once every shard has its rows: a 2xx stays durable
+            "settings": {**_SETTINGS, **({"insert_distributed_sync": 1} if cluster else {})},
         }
         self._pool: queue.LifoQueue[Any] = queue.LifoQueue(maxsize=pool_size)
         self._info: EngineInfo | None = None
@@ -70,14 +78,21 @@ class NativeEngine:
     def _new_client(self) -> Any:
         from clickhouse_driver import Client
 
-        return Client(**self._kwargs)
+        client = Client(**self._kwargs)
+        if not self._database_ready:
+            client.execute(f"CREATE DATABASE IF NOT EXISTS `{self.database}`")
+            self._database_ready = True
+        return client
 
     @contextmanager
     def _client(self) -> Iterator[Any]:
         try:
             client = self._pool.get_nowait()
         except queue.Empty:
-            client = self._new_client()
+            try:
+                client = self._new_client()
+            except Exception as exc:
+                raise StoreError(f"ClickHouse at {self.host}:{self.port}: {short_error(exc)}") from exc
         ok = False
         try:
             yield client
@@ -94,6 +109,29 @@ class NativeEngine:
                     client.disconnect()
             else:
                 client.disconnect()
+
+    def nodes(self) -> list[NativeEngine]:
+        """An engine per node of the cluster (as system.clusters lists them), for DDL."""
+        if not self.cluster:
+            return [self]
+        if self._nodes is None:
+            got = self.query_columns(
+                "SELECT host_address, port FROM system.clusters WHERE cluster = %(c)s ORDER BY shard_num, replica_num",
+                {"c": self.cluster},
+            )
+            if not len(got["port"]):
+                raise StoreError(f"cluster {self.cluster!r} is not in the server's remote_servers")
+            parsed = urlparse(self.url)
+            userinfo = parsed.netloc.rpartition("@")[0]
+            prefix = f"{parsed.scheme}://{userinfo + '@' if userinfo else ''}"
+            self._nodes = [
+                NativeEngine(
+                    f"{prefix}{host}:{int(port)}/{self.database}",
+                    connect_timeout=self._kwargs["connect_timeout"],
+                )
+                for host, port in zip(got["host_address"], got["port"], strict=True)
+            ]
+        return self._nodes
 
     def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> None:
         with self._client() as client:
@@ -119,6 +157,9 @@ class NativeEngine:
             client.execute("SELECT 1")
 
     def close(self) -> None:
+        for node in self._nodes or []:
+            if node is not self:
+                node.close()
         while True:
             try:
                 self._pool.get_nowait().disconnect()

@@ -21,16 +21,20 @@ import pyarrow.compute as pc
 
 from driftline.errors import InvalidInput, StoreError
 from driftline.schema import VERSION_PATTERN, FeatureKind, ModelSchema, check_name
+from driftline.storage.events import ddl
 from driftline.storage.events.engine import EventEngine, rows
 from driftline.storage.events.tables import (
     FEATURE_PREFIX,
+    IDS_BODY,
+    IDS_ENGINE,
     META_PREFIX,
+    SHARD_KEYS,
     Kind,
     TableNames,
-    add_columns,
+    column_ddl,
     columns,
-    create_ids_table,
-    create_table,
+    engine_clause,
+    table_body,
 )
 
 _KEYS = {
@@ -99,14 +103,21 @@ class EventStore:
     def ensure_model(self, project: str, schema: ModelSchema) -> None:
         """Create the model's tables, or add the Nullable columns a grown schema needs."""
         names = self.names(project, schema.name)
-        self.engine.execute(create_ids_table(names))
+        info = self.engine.info
+        ddl.create_table(self.engine, names.ids(), IDS_BODY, IDS_ENGINE, "cityHash64(request_id)")
         for kind in Kind:
-            self.engine.execute(create_table(names, kind, schema, self.engine.info))
+            ddl.create_table(
+                self.engine,
+                names(kind),
+                table_body(kind, schema, info),
+                engine_clause(kind),
+                SHARD_KEYS[kind],
+            )
             present = self._columns(names, kind)
             missing = [c for c in columns(kind, schema) if c.name not in present]
             if missing:
                 try:
-                    self.engine.execute(add_columns(names, kind, missing, self.engine.info))
+                    ddl.add_columns(self.engine, names(kind), column_ddl(missing, info))
                 except StoreError:
                     # another process may have added them first (18.16 has no ADD COLUMN IF NOT EXISTS)
                     present = self._columns(names, kind)
@@ -117,11 +128,7 @@ class EventStore:
                 self._known[(project, schema.name, kind)] = present
 
     def _columns(self, names: TableNames, kind: Kind) -> set[str]:
-        got = self.engine.query_columns(
-            "SELECT name FROM system.columns WHERE database = %(db)s AND table = %(table)s",
-            {"db": names.database, "table": names.bare(kind)},
-        )
-        return {str(n) for n in got["name"]}
+        return ddl.columns(self.engine, names(kind))
 
     def _ready(self, project: str, schema: ModelSchema, kind: Kind, data: pa.Table) -> None:
         with self._lock:
@@ -178,7 +185,8 @@ class EventStore:
         try:
             ids = pc.unique(block.column("request_id").combine_chunks())
             self.engine.insert_columns(staging, pa.table({"request_id": ids}))
-            in_block = f"request_id IN (SELECT request_id FROM {staging})"
+            # GLOBAL: on a cluster the staging table lives on this node only
+            in_block = f"request_id GLOBAL IN (SELECT request_id FROM {staging})"
             if kind is Kind.PREDICTIONS:
                 lo, hi = pc.min_max(block.column("ts")).values()
                 got = self.engine.query_columns(
@@ -211,7 +219,7 @@ class EventStore:
                 data = data.set_column(data.column_names.index(name), name, values)
             else:
                 data = data.append_column(name, values)
-        self.engine.execute(f"ALTER TABLE {names(Kind.REFERENCE)} DROP PARTITION %(v)s", {"v": version})
+        ddl.drop_partition(self.engine, names(Kind.REFERENCE), "%(v)s", {"v": version})
         return self.engine.insert_columns(names(Kind.REFERENCE), data)
 
     # -- reads ----------------------------------------------------------------------------
@@ -308,13 +316,7 @@ class EventStore:
     # -- retention ------------------------------------------------------------------------
 
     def partitions(self, project: str, model: str, kind: Kind) -> list[str]:
-        names = self.names(project, model)
-        got = self.engine.query_columns(
-            "SELECT DISTINCT partition FROM system.parts WHERE database = %(db)s AND table = %(table)s "
-            "AND active ORDER BY partition",
-            {"db": names.database, "table": names.bare(kind)},
-        )
-        return [str(p).strip("'") for p in got["partition"]]
+        return ddl.partitions(self.engine, self.names(project, model)(kind))
 
     def drop_before(self, project: str, model: str, day: date) -> int:
         """Drop daily partitions older than `day` from the event tables; returns how many."""
@@ -324,24 +326,22 @@ class EventStore:
         for kind in (Kind.PREDICTIONS, Kind.LABELS, Kind.FEEDBACK):
             for part in self.partitions(project, model, kind):
                 if part.isdigit() and int(part) < cutoff:
-                    self.engine.execute(f"ALTER TABLE {names(kind)} DROP PARTITION {int(part)}")
+                    ddl.drop_partition(self.engine, names(kind), str(int(part)))
                     dropped += 1
         # the id index has monthly partitions: a month goes once all its days are gone
         month = int(day.strftime("%Y%m"))
-        got = self.engine.query_columns(
-            "SELECT DISTINCT partition FROM system.parts WHERE database = %(db)s AND table = %(table)s AND active",
-            {"db": names.database, "table": names.ids().split(".")[1].strip("`")},
-        )
-        for part in (str(p).strip("'") for p in got["partition"]):
+        for part in ddl.partitions(self.engine, names.ids()):
             if part.isdigit() and int(part) < month:
-                self.engine.execute(f"ALTER TABLE {names.ids()} DROP PARTITION {int(part)}")
+                ddl.drop_partition(self.engine, names.ids(), str(int(part)))
         return dropped
 
     def drop_model(self, project: str, model: str) -> None:
         names = self.names(project, model)
-        self.engine.execute(f"DROP TABLE IF EXISTS {names.ids()}")
+        ddl.drop_table(self.engine, names.ids())
         for kind in Kind:
-            self.engine.execute(f"DROP TABLE IF EXISTS {names(kind)}")
+            ddl.drop_table(self.engine, names(kind))
+        for prefix in ("numsum", "catsum", "ledger", "perfsum", "confsum", "regsum"):
+            ddl.drop_table(self.engine, names.table(prefix))
         with self._lock:
             for kind in Kind:
                 self._known.pop((project, model, kind), None)

@@ -161,19 +161,24 @@ class TableNames:
         return self.table("ids")
 
 
-def create_table(names: TableNames, kind: Kind, schema: ModelSchema, info: EngineInfo) -> str:
-    body = ",\n  ".join(f"`{c.name}` {c.ddl_type(info)}" for c in columns(kind, schema))
-    return f"CREATE TABLE IF NOT EXISTS {names(kind)} (\n  {body}\n) ENGINE = {_ENGINES[kind]}"
+# rows of one request live on one shard, so a prediction, its label and its feedback meet there
+SHARD_KEYS = {
+    Kind.PREDICTIONS: "cityHash64(request_id)",
+    Kind.LABELS: "cityHash64(request_id)",
+    Kind.FEEDBACK: "cityHash64(request_id)",
+    Kind.REFERENCE: "cityHash64(version, row)",
+}
+IDS_BODY = "request_id String, version String, ts DateTime('UTC')"
+IDS_ENGINE = "MergeTree PARTITION BY toYYYYMM(ts) ORDER BY request_id"
 
 
-def create_ids_table(names: TableNames) -> str:
-    """Request ids of stored predictions ordered by id, so a resend is found whatever its time."""
-    return (
-        f"CREATE TABLE IF NOT EXISTS {names.ids()} (request_id String, version String, ts DateTime('UTC')) "
-        "ENGINE = MergeTree PARTITION BY toYYYYMM(ts) ORDER BY request_id"
-    )
+def table_body(kind: Kind, schema: ModelSchema, info: EngineInfo) -> str:
+    return ", ".join(column_ddl(columns(kind, schema), info))
 
 
-def add_columns(names: TableNames, kind: Kind, missing: list[Column], info: EngineInfo) -> str:
-    adds = ", ".join(f"ADD COLUMN `{c.name}` {c.ddl_type(info)}" for c in missing)
-    return f"ALTER TABLE {names(kind)} {adds}"
+def engine_clause(kind: Kind) -> str:
+    return _ENGINES[kind]
+
+
+def column_ddl(cols: list[Column], info: EngineInfo) -> list[str]:
+    return [f"`{c.name}` {c.ddl_type(info)}" for c in cols]
