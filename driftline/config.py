@@ -50,6 +50,11 @@ class Settings(BaseSettings):
         default=1024 * 1024 * 1024, ge=1024, description="Bulk bodies over this: 413."
     )
     max_batch_rows: int = Field(default=100_000, ge=1, description="JSON records per request over this: 413.")
+    body_timeout_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="A request body must arrive within this (stretched for large ones): 408.",
+    )
     max_future_seconds: int = Field(default=86_400, ge=0, description="Event times further ahead: 422.")
 
     spool_dir: Path | None = Field(default=None, description="Defaults to <home>/spool.")

@@ -52,6 +52,12 @@ class UnsupportedMediaType(DriftlineError):
     status_code = 415
 
 
+class RequestTimeout(BadRequest):
+    """The client sent its body too slowly."""
+
+    status_code = 408
+
+
 class Unavailable(DriftlineError):
     """A store or the spool cannot take the request now; the caller retries."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
@@ -11,7 +12,7 @@ import pyarrow.parquet as pq
 from pyarrow import ipc
 from starlette.requests import ClientDisconnect, Request
 
-from driftline.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from driftline.errors import BadRequest, PayloadTooLarge, RequestTimeout, UnsupportedMediaType
 from driftline.schema import FeatureKind, ModelSchema, Task
 
 PARQUET = ("application/vnd.apache.parquet", "application/x-parquet", "application/parquet")
@@ -24,8 +25,15 @@ def media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, refused with 413 as soon as it is known to exceed `limit`."""
+async def read_body(
+    request: Request, limit: int, *, timeout: float = 60.0, min_rate: float = 32 * 1024
+) -> bytes:
+    """The whole body, refused with 413 as soon as it is known to exceed `limit`.
+
+    A client that trickles its body (slowloris) holds a connection and a worker: the body
+    must arrive within `timeout` seconds, stretched for large bodies to allow `min_rate`
+    bytes per second, or the request ends with 408.
+    """
     length = request.headers.get("content-length")
     if length is not None:
         try:
@@ -34,14 +42,25 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise BadRequest("Content-Length is not a number") from exc
         if declared > limit:
             raise PayloadTooLarge(f"the body has {declared} bytes; the limit is {limit}")
+    expected = int(length) if length is not None else 0
+    budget = max(timeout, expected / min_rate)
     chunks: list[bytes] = []
     total = 0
-    try:
+
+    async def receive() -> None:
+        nonlocal total
         async for chunk in request.stream():
             total += len(chunk)
             if total > limit:
                 raise PayloadTooLarge(f"the body exceeds the limit of {limit} bytes")
             chunks.append(chunk)
+
+    try:
+        await asyncio.wait_for(receive(), budget)
+    except TimeoutError as exc:
+        raise RequestTimeout(
+            f"the body did not arrive within {budget:.0f} s ({total} bytes received)"
+        ) from exc
     except ClientDisconnect as exc:
         raise BadRequest("the client went away before sending the whole body") from exc
     return b"".join(chunks)

@@ -41,7 +41,9 @@ async def _handle(
 ) -> IngestResult:
     media = bodies.media_type(request)
     if media in bodies.JSON:
-        body = await bodies.read_body(request, state.settings.max_body_bytes)
+        body = await bodies.read_body(
+            request, state.settings.max_body_bytes, timeout=state.settings.body_timeout_seconds
+        )
 
         def run() -> IngestResult:
             payload = bodies.parse_json(body)
@@ -53,7 +55,9 @@ async def _handle(
         return await run_in_threadpool(run)
     if model is None:
         raise InvalidInput("a bulk body needs the model as a query parameter: ?model=NAME")
-    body = await bodies.read_body(request, state.settings.max_bulk_bytes)
+    body = await bodies.read_body(
+        request, state.settings.max_bulk_bytes, timeout=state.settings.body_timeout_seconds
+    )
 
     def run_bulk() -> IngestResult:
         info = state.models.get(key.project, model)

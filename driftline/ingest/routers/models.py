@@ -171,7 +171,7 @@ async def put_reference(
 ) -> ReferenceResult:
     media = bodies.media_type(request)
     limit = state.settings.max_body_bytes if media in bodies.JSON else state.settings.max_bulk_bytes
-    body = await bodies.read_body(request, limit)
+    body = await bodies.read_body(request, limit, timeout=state.settings.body_timeout_seconds)
 
     def run() -> ReferenceResult:
         info = state.models.get(key.project, model)
