@@ -110,9 +110,10 @@ def read_items(table: MetricsTable, q: MetricsSelect) -> tuple[list[dict[str, An
     if q.window is not None:
         where.append("toUInt32(window_end) - toUInt32(window_start) = %(window)s")
         params["window"] = q.window
+    # computed_ns: FINAL through a Distributed table needs the version column among those read
     columns = (
         "toUInt32(window_start) AS ws, toUInt32(window_end) AS we, version, detector, detector_id, "
-        "metric, feature, slice, value, threshold, alert, sample_size, status"
+        "metric, feature, slice, value, threshold, alert, sample_size, status, computed_ns"
     )
     if q.details:
         columns += ", details"
