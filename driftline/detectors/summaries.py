@@ -51,6 +51,7 @@ NULL = "\x00"  # the value under which catsum counts nulls
 MAX_VALUES = 2000  # distinct values kept per bucket and column; the rest is the remainder of `rows`
 DISCRETE_MAX = 20  # a numeric feature with at most this many values in the reference is also counted by value
 REFERENCE_CHUNKS = 10
+TDIGEST_ROWS = 16_384  # rows per bucket a t-digest sees before it samples (see _num_states)
 
 SCORE = "@score"
 PREDICTION = "@prediction"
@@ -80,7 +81,7 @@ def summary_ddl(names: TableNames, info: EngineInfo) -> list[str]:
         f"CREATE TABLE IF NOT EXISTS {numsum} (kind String, version String, slice String, bucket DateTime('UTC'), "
         f"gen UInt64, feature String, n AggregateFunction(count, {arg}), s AggregateFunction(sum, {arg}), "
         f"s2 AggregateFunction(sum, {arg}), mn AggregateFunction(min, {arg}), mx AggregateFunction(max, {arg}), "
-        "td AggregateFunction(quantilesTDigestIf(0.5), Float64, UInt8)) "
+        "td AggregateFunction(quantilesTDigestWeightedIf(0.5), Float64, UInt64, UInt8)) "
         "ENGINE = AggregatingMergeTree PARTITION BY toYYYYMM(bucket) "
         "ORDER BY (kind, version, slice, feature, bucket, gen)",
         f"CREATE TABLE IF NOT EXISTS {catsum} (kind String, version String, slice String, bucket DateTime('UTC'), "
@@ -95,15 +96,22 @@ def summary_ddl(names: TableNames, info: EngineInfo) -> list[str]:
 # -- what a summary pass reads ------------------------------------------------------------
 
 
-def _num_states(expr: str) -> list[str]:
-    """States of a Nullable(Float64) expression: nulls are skipped by every function."""
+def _num_states(expr: str, modulus: str = "1") -> list[str]:
+    """States of a Nullable(Float64) expression: nulls are skipped by every function.
+
+    The t-digest sees one row in `modulus` (by a hash of the request id), each weighted by
+    `modulus`: the sketch is the costly part of a summary, and beyond some thousands of rows
+    per bucket a weighted sample knows the quantiles as well as every row does. Counts,
+    sums, min and max always see every row.
+    """
+    sampled = "" if modulus == "1" else f" AND modulo(cityHash64(request_id), {modulus}) = 0"
     return [
         f"countState({expr})",
         f"sumState({expr})",
         f"sumState({expr} * {expr})",
         f"minState({expr})",
         f"maxState({expr})",
-        f"quantilesTDigestIfState(0.5)(assumeNotNull({expr}), isNotNull({expr}))",
+        f"quantilesTDigestWeightedIfState(0.5)(assumeNotNull({expr}), toUInt64({modulus}), isNotNull({expr}){sampled})",
     ]
 
 
@@ -153,6 +161,7 @@ class Source:
     bucket_expr: str
     where: str
     params: dict[str, Any]
+    modulus: str = "1"  # SQL: the t-digest sample's 1-in-n per row (see _num_states)
 
 
 class Summarizer:
@@ -204,7 +213,7 @@ class Summarizer:
         )
         cols = numeric_columns(schema)
         arrays = ["[" + ", ".join(f"'{name}'" for name, _ in cols) + "] AS names"]
-        states = [_num_states(expr) for _, expr in cols]
+        states = [_num_states(expr, src.modulus) for _, expr in cols]
         for i, alias in enumerate(("ns", "ss", "s2s", "mns", "mxs", "tds")):
             arrays.append("[" + ", ".join(st[i] for st in states) + f"] AS {alias}")
         self.engine.execute(
@@ -304,6 +313,7 @@ class Summarizer:
             {"lo": start, "hi": end},
         )
         have = {int(b): (int(n), str(i)) for b, n, i in zip(done["b"], done["n"], done["info"], strict=True)}
+        rows_of = {int(b): int(n) for b, n in zip(raw["b"], raw["n"], strict=True)}
         info = _info(discrete, slices)
         stale = [
             int(b) for b, n in zip(raw["b"], raw["n"], strict=True) if have.get(int(b)) != (int(n), info)
@@ -319,6 +329,7 @@ class Summarizer:
                 bucket_expr="toStartOfHour(ts)",
                 where="ts >= toDateTime(%(lo)s, 'UTC') AND ts < toDateTime(%(hi)s, 'UTC')",
                 params={"lo": lo, "hi": hi},
+                modulus=_modulus("toUInt32(toStartOfHour(ts))", {b: rows_of[b] for b in chunk}),
             )
             self._write(names, schema, src, gen, discrete, slices, live=True)
         log.info("summarised %d buckets", len(stale), extra={"model": schema.name, "project": project})
@@ -371,6 +382,7 @@ class Summarizer:
             bucket_expr=f"toDateTime(intDiv(row, {chunk}), 'UTC')",
             where="version = %(v)s",
             params={"v": version},
+            modulus=str(sample_modulus(chunk)),
         )
         self._write(names, schema, src, time.time_ns(), discrete, slices, live=False, info=info)
         return True
@@ -469,7 +481,7 @@ class Summarizer:
         num = self.engine.query_columns(
             f"SELECT version, slice, {window} AS w, feature, countMerge(n) AS n, sumMerge(s) AS s, "
             f"sumMerge(s2) AS s2, minMerge(mn) AS mn, maxMerge(mx) AS mx, "
-            f"quantilesTDigestIfMerge({_LEVELS_SQL})(td) AS q FROM {numsum} "
+            f"quantilesTDigestWeightedIfMerge({_LEVELS_SQL})(td) AS q FROM {numsum} "
             f"WHERE {feature_scope} GROUP BY version, slice, w, feature",
             params,
         )
@@ -516,6 +528,24 @@ class Summarizer:
             np.add.at(counts, (cat["w"][ix].astype(np.int64), inverse), cat["n"][ix].astype(np.int64))
             s.categorical[feature] = CategoricalBlock(values=uniq, counts=counts)
         return out
+
+
+def sample_modulus(rows: int) -> int:
+    """1-in-n for a bucket of `rows` rows: a power of two keeping about TDIGEST_ROWS of them."""
+    n = 1
+    while rows > TDIGEST_ROWS * n:
+        n *= 2
+    return n
+
+
+def _modulus(bucket_sql: str, rows: dict[int, int]) -> str:
+    """The per-row 1-in-n of a run of buckets, as SQL (a constant when the buckets agree)."""
+    moduli = {b: sample_modulus(n) for b, n in rows.items()}
+    if len(set(moduli.values())) <= 1:
+        return str(next(iter(moduli.values()), 1))
+    keys = ", ".join(str(b) for b in moduli)
+    values = ", ".join(str(m) for m in moduli.values())
+    return f"transform({bucket_sql}, [{keys}], [{values}], 1)"
 
 
 def _info(discrete: set[str], slices: list[str]) -> str:
