@@ -21,9 +21,10 @@ install: $(STAMP)
 # Services the tests start themselves (ClickHouse server, Chromium); PostgreSQL runs on the machine.
 services:
 	./scripts/install_clickhouse.sh
+	./scripts/install_chromium.sh
 
 demo: install
-	$(BIN)/driftline up
+	$(BIN)/driftline up --demo
 
 lint: install
 	$(BIN)/ruff check driftline tests bench

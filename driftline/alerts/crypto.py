@@ -9,7 +9,7 @@ hint: the scheme and host, never the path or query that carry the token.
 from __future__ import annotations
 
 import base64
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives import hashes
@@ -53,12 +53,16 @@ def url_hint(url: str) -> str:
 
 
 def redact(text: str, *secrets: str | None) -> str:
-    """Text with every given secret (and a URL's path) replaced, for errors that are stored or logged."""
+    """Text with every given secret (and a URL's path, query and password) replaced, for errors
+    that are stored or logged: a receiver may repeat any part of the URL it was called on."""
     out = text
     for secret in secrets:
         if secret:
             out = out.replace(secret, "[redacted]")
-            path = urlsplit(secret).path
-            if len(path) > 1:
-                out = out.replace(path, "/[redacted]")
+            parts = urlsplit(secret)
+            if len(parts.path) > 1:
+                out = out.replace(parts.path, "/[redacted]")
+            for part in (parts.query, *(v for _, v in parse_qsl(parts.query)), parts.password):
+                if part and len(part) >= 4:
+                    out = out.replace(part, "[redacted]")
     return out

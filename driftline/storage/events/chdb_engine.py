@@ -20,6 +20,9 @@ from driftline.storage.events.engine import Columns, EngineInfo, render, short_e
 
 _lock = threading.Lock()
 _shared: dict[str, tuple[Any, int]] = {}
+# chDB resolves Python(frame) by name at query time: two threads inserting at once may each read
+# the other's table, so inserts from Python objects go one at a time in a process
+_insert_lock = threading.Lock()
 
 
 def _open(path: str) -> Any:
@@ -120,7 +123,8 @@ class ChdbEngine:
         names = ", ".join(f"`{n}`" for n in data.column_names)
         # chDB's Python() table function reads the local variable named here
         frame = data  # noqa: F841
-        self._run(f"INSERT INTO {table} ({names}) SELECT {names} FROM Python(frame)", "CSV")
+        with _insert_lock:
+            self._run(f"INSERT INTO {table} ({names}) SELECT {names} FROM Python(frame)", "CSV")
         return int(data.num_rows)
 
     def query_columns(self, sql: str, params: Mapping[str, Any] | None = None) -> Columns:

@@ -83,7 +83,7 @@ def dedup_block(kind: Kind, data: pa.Table) -> pa.Table:
         .aggregate([("i", "min")])
         .column("i_min")
     )
-    return data.take(pc.sort_indices(firsts))
+    return data.take(firsts.take(pc.sort_indices(firsts)))
 
 
 class EventStore:

@@ -1,0 +1,1 @@
+"""Tests against real processes and a real browser."""
