@@ -293,6 +293,28 @@ class Driftline:
         body.update({k: v for k, v in optional.items() if v is not None})
         return self._json("POST", f"/v1/models/{_seg(model)}/versions", json=body)
 
+    def update_version(
+        self,
+        model: str,
+        version: str,
+        *,
+        role: Role | None = None,
+        approval: str | None = None,
+        data_version: str | None = None,
+        training_config_uri: str | None = None,
+        eval_report_uri: str | None = None,
+    ) -> dict[str, Any]:
+        """Promote or demote a version, record its approval or add lineage; None keeps a value."""
+        given = {
+            "role": role,
+            "approval": approval,
+            "data_version": data_version,
+            "training_config_uri": training_config_uri,
+            "eval_report_uri": eval_report_uri,
+        }
+        body = {k: v for k, v in given.items() if v is not None}
+        return self._json("PATCH", f"/v1/models/{_seg(model)}/versions/{_seg(version)}", json=body)
+
     def upload_reference(self, model: str, version: str, data: Any) -> ReferenceResult:
         """Replace a version's reference data with a DataFrame or Arrow table (sent as Parquet).
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from driftline.schema import Approval, FeatureSpec, ModelSchema, Role, Task
 
@@ -97,6 +97,27 @@ class VersionIn(BaseModel):
     training_config_uri: str | None = None
     eval_report_uri: str | None = None
     features: list[FeatureSpec] | None = Field(default=None, description="Features this version adds.")
+
+
+class VersionPatch(BaseModel):
+    """Fields to change on a version; those left out keep their value."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    role: Role | None = None
+    approval: Approval | None = None
+    data_version: str | None = Field(default=None, max_length=200)
+    training_config_uri: str | None = Field(default=None, max_length=4096)
+    eval_report_uri: str | None = Field(default=None, max_length=4096)
+
+
+class ModelPatch(BaseModel):
+    """Who owns a model and what it is for; its shape changes only through new versions."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    owner: str | None = Field(default=None, max_length=200)
+    description: str | None = Field(default=None, max_length=2000)
 
 
 class VersionOut(BaseModel):

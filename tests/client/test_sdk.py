@@ -426,3 +426,16 @@ def test_rows_are_flushed_at_interpreter_exit(server: LiveServer, admin: Driftli
     )
     assert done.returncode == 0, done.stderr
     assert stored_counts(admin, name)["predictions"] == 300
+
+
+def test_a_version_is_promoted_and_approved_through_the_client(server: LiveServer, admin: Driftline) -> None:
+    register(admin, "promote", "v1")
+    admin.register_version("promote", "v2", role="challenger")
+    got = admin.update_version("promote", "v2", role="champion", approval="approved")
+    assert got["role"] == "champion" and got["approval"] == "approved"
+    admin.update_version("promote", "v1", role="shadow")
+    versions = {v["version"]: v for v in admin.get_model("promote")["versions"]}
+    assert versions["v1"]["role"] == "shadow" and versions["v1"]["eval_report_uri"] == "s3://r/1"
+    with pytest.raises(DriftlineAPIError) as info:
+        admin.update_version("promote", "v9", approval="approved")
+    assert info.value.status == 404

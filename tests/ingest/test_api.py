@@ -298,6 +298,40 @@ def test_malformed_batches_are_refused_and_nothing_stored(
     assert counts(api, "fraud")["predictions"] == 0
 
 
+def test_versions_and_models_change_through_patch(api: Api) -> None:
+    register(api, FRAUD)
+    r = api.patch("/v1/models/fraud/versions/v1", json={"approval": "approved", "data_version": "2026-11"})
+    assert r.status_code == 200, r.text
+    assert r.json()["approval"] == "approved" and r.json()["data_version"] == "2026-11"
+    assert r.json()["role"] == "champion"  # left out, left as it was
+    r = api.patch("/v1/models/fraud/versions/v1", json={"role": "shadow", "training_config_uri": "s3://cfg"})
+    got = api.get("/v1/models/fraud").json()
+    assert got["versions"][0]["role"] == "shadow" and got["versions"][0]["approval"] == "approved"
+    assert got["versions"][0]["training_config_uri"] == "s3://cfg"
+    # a client re-posting its version with no values still succeeds after the change
+    assert api.post("/v1/models/fraud/versions", json={"version": "v1", "role": "shadow"}).status_code == 200
+    r = api.patch("/v1/models/fraud", json={"owner": "fraud-team", "description": "card fraud at checkout"})
+    assert r.status_code == 200 and r.json()["owner"] == "fraud-team"
+    assert api.get("/v1/models/fraud").json()["schema"]["description"] == "card fraud at checkout"
+
+    bad = api.patch("/v1/models/fraud/versions/v1", json={"role": "boss"})
+    assert bad.status_code == 422 and "role" in bad.text
+    extra = api.patch("/v1/models/fraud/versions/v1", json={"version": "v9"})
+    assert extra.status_code == 422 and "version" in extra.text
+    assert api.patch("/v1/models/fraud/versions/v7", json={"approval": "approved"}).status_code == 404
+    assert api.patch("/v1/models/nope", json={"owner": "x"}).status_code == 404
+    assert api.patch("/v1/models/fraud", json={"owner": "x" * 201}).status_code == 422
+    reader = api.post("/v1/keys", json={"role": "read"}).json()["key"]
+    as_reader = {"Authorization": f"Bearer {reader}"}
+    assert (
+        api.patch(
+            "/v1/models/fraud/versions/v1", json={"approval": "rejected"}, headers=as_reader
+        ).status_code
+        == 403
+    )
+    assert api.get("/v1/models/fraud").json()["versions"][0]["approval"] == "approved"
+
+
 def test_auth_roles_limits_and_media(stack: Settings) -> None:
     small = stack.model_copy(update={"max_body_bytes": 4096, "max_batch_rows": 5})
     with Api(create_app(small)) as api:

@@ -357,18 +357,19 @@ def test_readiness_items_flip_as_each_piece_is_fixed(api: Api) -> None:
     assert "no enabled alert channel" in items["alerting"]["detail"]
     assert items["approval"]["detail"] == "approval is pending"
 
-    # the owner is part of the registration: the model is registered again, with one
-    ok(api.delete("/v1/models/fraud"), 204)
-    ok(api.post("/v1/models", json=fraud()), 201)
-    ok(api.post("/v1/models/fraud/versions", json={"version": "v1", "role": "champion"}), 201)
+    # the owner is set on the registered model, and re-registering says what differs
+    assert ok(api.patch("/v1/models/fraud", json={"owner": "risk-team"}))["owner"] == "risk-team"
     assert failing(api) == KEYS - {"owner"}
     assert readiness(api)["owner"]["detail"] == "owned by risk-team"
+    conflict = api.post("/v1/models", json=fraud(owner="someone-else"))
+    assert conflict.status_code == 409 and "owner" in conflict.text
+    assert ok(api.post("/v1/models", json=fraud()), 200)["owner"] == "risk-team"
 
-    # so is the evaluation report of a version
-    ok(api.delete("/v1/models/fraud"), 204)
-    ok(api.post("/v1/models", json=fraud()), 201)
-    version = {"version": "v1", "role": "champion", "eval_report_uri": "s3://models/fraud/v1/eval.html"}
-    ok(api.post("/v1/models/fraud/versions", json=version), 201)
+    # the evaluation report is lineage of a version, added when the evaluation is written
+    uri = "s3://models/fraud/v1/eval.html"
+    patched = ok(api.patch("/v1/models/fraud/versions/v1", json={"eval_report_uri": uri}))
+    assert patched["eval_report_uri"] == uri and patched["role"] == "champion"
+    assert patched["approval"] == "pending"
     assert failing(api) == KEYS - {"owner", "eval_report"}
     assert readiness(api)["eval_report"]["detail"] == "s3://models/fraud/v1/eval.html"
 
@@ -415,8 +416,9 @@ def test_readiness_items_flip_as_each_piece_is_fixed(api: Api) -> None:
     ok(api.post("/v1/retraining-policies", json=policy), 201)
     assert failing(api) == {"approval"}
 
-    with state_of(api).meta.repos() as repos:
-        repos.versions.update("default", "fraud", "v1", approval="approved")
+    assert (
+        ok(api.patch("/v1/models/fraud/versions/v1", json={"approval": "approved"}))["approval"] == "approved"
+    )
     got = ok(api.get("/v1/models/fraud/versions/v1/readiness"))
     assert got["ready"] is True and all(i["ok"] for i in got["items"])
 

@@ -16,10 +16,12 @@ from driftline.ingest.api_models import (
     ErrorOut,
     ModelList,
     ModelOut,
+    ModelPatch,
     ReferenceResult,
     StoredPrediction,
     VersionIn,
     VersionOut,
+    VersionPatch,
 )
 from driftline.ingest.deps import AdminKey, IngestKey, ReadKey, State
 from driftline.ingest.state import AppState
@@ -30,6 +32,7 @@ router = APIRouter(prefix="/v1/models", tags=["models"])
 log = logging.getLogger(__name__)
 
 ModelPath = Path(max_length=64, description="Model name")
+VersionPath = Path(max_length=64, description="Model version")
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorOut} for code in (400, 401, 403, 404, 409, 422, 503)
 }
@@ -103,6 +106,16 @@ def get_model(state: State, key: ReadKey, model: str = ModelPath) -> ModelOut:
     return model_out(state, info, with_counts=True)
 
 
+@router.patch(
+    "/{model}", response_model=ModelOut, responses=_ERRORS, summary="Change a model's owner or description"
+)
+def update_model(body: ModelPatch, state: State, key: AdminKey, model: str = ModelPath) -> ModelOut:
+    with state.meta.repos() as repos:
+        info = repos.models.update(key.project, model, owner=body.owner, description=body.description)
+    state.models.put(info)
+    return model_out(state, info, with_counts=False)
+
+
 @router.delete("/{model}", status_code=204, responses=_ERRORS, summary="Delete a model and all its data")
 def delete_model(state: State, key: AdminKey, model: str = ModelPath) -> Response:
     info = state.models.get(key.project, model, fresh=True)
@@ -146,6 +159,31 @@ def add_version(
     return version_out(version)
 
 
+@router.patch(
+    "/{model}/versions/{version}",
+    response_model=VersionOut,
+    responses=_ERRORS,
+    summary="Change a version's role, approval or lineage (a rollout promotes, a review approves)",
+)
+def update_version(
+    body: VersionPatch, state: State, key: AdminKey, model: str = ModelPath, version: str = VersionPath
+) -> VersionOut:
+    with state.meta.repos() as repos:
+        updated = repos.versions.update(
+            key.project,
+            model,
+            version,
+            role=body.role,
+            approval=body.approval,
+            data_version=body.data_version,
+            training_config_uri=body.training_config_uri,
+            eval_report_uri=body.eval_report_uri,
+        )
+        info = repos.models.require(key.project, model)
+    state.models.put(info)
+    return version_out(updated)
+
+
 @router.put(
     "/{model}/versions/{version}/reference",
     response_model=ReferenceResult,
@@ -167,7 +205,7 @@ async def put_reference(
     state: State,
     key: IngestKey,
     model: str = ModelPath,
-    version: str = Path(max_length=64),
+    version: str = VersionPath,
 ) -> ReferenceResult:
     media = bodies.media_type(request)
     limit = state.settings.max_body_bytes if media in bodies.JSON else state.settings.max_bulk_bytes

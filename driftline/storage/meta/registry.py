@@ -41,6 +41,8 @@ from driftline.storage.meta.records import ModelInfo, ReferenceInfo, VersionInfo
 
 DATA_VERSION_MAX_LENGTH = 200
 URI_MAX_LENGTH = 4096
+OWNER_MAX_LENGTH = 200  # as ModelSchema.owner
+DESCRIPTION_MAX_LENGTH = 2000  # as ModelSchema.description
 
 _features_adapter = TypeAdapter(list[FeatureSpec])
 
@@ -309,6 +311,23 @@ class ModelRepository:
         _grow_row(self._session, row, _check_features(extra_features) or [])
         return _model_info(row, project, _versions_of(self._session, [row])[row.id])
 
+    def update(
+        self, project: str, name: str, *, owner: str | None = None, description: str | None = None
+    ) -> ModelInfo:
+        """Change who owns the model or its description: the parts of a schema that are not its shape."""
+        check_text(owner, "owner", OWNER_MAX_LENGTH)
+        check_text(description, "description", DESCRIPTION_MAX_LENGTH)
+        _, row = _require_model(self._session, project, name, lock=True)
+        schema = load_schema(row.schema_json)
+        changes = {k: v for k, v in (("owner", owner), ("description", description)) if v is not None}
+        if any(getattr(schema, k) != v for k, v in changes.items()):
+            row.schema_json = dump_schema(schema.model_copy(update=changes))
+            if owner is not None:
+                row.owner = owner
+            row.updated_at = utcnow()
+            self._session.flush()
+        return _model_info(row, project, _versions_of(self._session, [row])[row.id])
+
     def delete(self, project: str, name: str) -> None:
         """Delete the model, its versions and reference records (not its event tables)."""
         _, row = _require_model(self._session, project, name)
@@ -430,16 +449,30 @@ class VersionRepository:
         *,
         role: Role | str | None = None,
         approval: Approval | str | None = None,
+        data_version: str | None = None,
+        training_config_uri: str | None = None,
+        eval_report_uri: str | None = None,
     ) -> VersionInfo:
-        """Change a version's deployment role or approval; other champions are left as they are."""
+        """Change a version's role, approval or lineage (None leaves a value as it is); other
+        champions are left as they are, since a rollout may run two for a while."""
         new_role = None if role is None else _enum(Role, role, "role")
         new_approval = None if approval is None else _enum(Approval, approval, "approval")
+        check_text(data_version, "data_version", DATA_VERSION_MAX_LENGTH)
+        check_text(training_config_uri, "training_config_uri", URI_MAX_LENGTH)
+        check_text(eval_report_uri, "eval_report_uri", URI_MAX_LENGTH)
         _, row = _require_version(self._session, project, model, version)
+        wanted: dict[str, str | None] = {
+            "role": None if new_role is None else new_role.value,
+            "approval": None if new_approval is None else new_approval.value,
+            "data_version": data_version,
+            "training_config_uri": training_config_uri,
+            "eval_report_uri": eval_report_uri,
+        }
         changed = False
-        if new_role is not None and row.role != new_role.value:
-            row.role, changed = new_role.value, True
-        if new_approval is not None and row.approval != new_approval.value:
-            row.approval, changed = new_approval.value, True
+        for name, value in wanted.items():
+            if value is not None and getattr(row, name) != value:
+                setattr(row, name, value)
+                changed = True
         if changed:
             row.updated_at = utcnow()
             self._session.flush()
