@@ -11,7 +11,6 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -19,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 import driftline
 from driftline.config import Settings, get_settings
 from driftline.errors import DriftlineError, Unavailable
+from driftline.ingest import openapi as openapi_doc
 from driftline.ingest.api_models import (
     FeedbackBatch,
     LabelBatch,
@@ -151,18 +151,9 @@ def create_app(settings: Settings | None = None, *, state: AppState | None = Non
     app.add_middleware(ObserveMiddleware, metrics=metrics)
 
     def openapi() -> dict[str, Any]:
-        if app.openapi_schema:
-            return app.openapi_schema
-        schema = get_openapi(
-            title=app.title, version=app.version, description=app.description, routes=app.routes
-        )
-        components = schema.setdefault("components", {}).setdefault("schemas", {})
-        for model in _DOC_MODELS:
-            doc = model.model_json_schema(ref_template="#/components/schemas/{model}")
-            components.update(doc.pop("$defs", {}))
-            components[model.__name__] = doc
-        app.openapi_schema = schema
-        return schema
+        if not app.openapi_schema:
+            app.openapi_schema = openapi_doc.build(app, _DOC_MODELS)
+        return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -13,7 +13,7 @@ from driftline.storage.meta.models import KeyRole
 from driftline.storage.meta.records import KeyInfo
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:
     state: AppState = request.app.state.driftline
     return state
 
@@ -22,23 +22,26 @@ State = Annotated[AppState, Depends(get_state)]
 
 
 def authenticate(request: Request, state: State) -> KeyInfo:
-    """The caller's key: 401 when missing, unknown or revoked (checked per request)."""
+    """The caller's key: 401 when missing, unknown or revoked (checked per request).
+
+    A sync dependency (FastAPI runs it in the threadpool): it asks the metadata store.
+    """
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("send an API key as 'Authorization: Bearer <key>'")
-    with state.meta.repos(readonly=True) as repos:
-        info = repos.keys.verify(token.strip())
+    info = state.meta.verify_key(token.strip())
     if info is None:
         raise Unauthorized("the API key is unknown or revoked")
     request.state.key = info
     return info
 
 
-def require(*roles: KeyRole) -> Callable[[KeyInfo], KeyInfo]:
+def require(*roles: KeyRole) -> Callable[[KeyInfo], Awaitable[KeyInfo]]:
     """Admin keys may do everything; other roles only what is listed."""
 
-    def check(key: Annotated[KeyInfo, Depends(authenticate)]) -> KeyInfo:
+    # async: a check without I/O needs no trip through the threadpool
+    async def check(key: Annotated[KeyInfo, Depends(authenticate)]) -> KeyInfo:
         if key.role is not KeyRole.ADMIN and key.role not in roles:
             allowed = ", ".join(r.value for r in (*roles, KeyRole.ADMIN))
             raise Forbidden(f"a key with role {key.role.value!r} may not do this (needs {allowed})")
@@ -50,3 +53,7 @@ def require(*roles: KeyRole) -> Callable[[KeyInfo], KeyInfo]:
 IngestKey = Annotated[KeyInfo, Depends(require(KeyRole.INGEST))]
 ReadKey = Annotated[KeyInfo, Depends(require(KeyRole.READ))]
 AdminKey = Annotated[KeyInfo, Depends(require())]
+
+
+# ids are 64-bit signed integers in both metadata databases: a larger one is a 422, not a driver error
+MAX_ID = 2**63 - 1

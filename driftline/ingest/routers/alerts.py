@@ -20,7 +20,7 @@ from driftline.alerts.notifiers import iso
 from driftline.alerts.rules import CHANNEL_NAME_PATTERN, RULE_NAME_PATTERN, RuleSpec
 from driftline.alerts.service import parse_rule
 from driftline.ingest.api_models import ErrorOut
-from driftline.ingest.deps import AdminKey, ReadKey, State
+from driftline.ingest.deps import MAX_ID, AdminKey, ReadKey, State
 from driftline.storage.meta.alerting import (
     AlertRecord,
     AlertStatus,
@@ -43,7 +43,7 @@ ChannelRef = Path(max_length=64, description="The channel's name or id")
 
 def ref(value: str) -> str | int:
     """A path segment naming a row by id (digits) or by name (names start with a letter)."""
-    return int(value) if value.isdigit() else value
+    return int(value) if value.isascii() and value.isdigit() and len(value) < 19 else value
 
 
 def check_url(value: SecretStr) -> SecretStr:
@@ -298,7 +298,7 @@ def list_rules(
 
 
 @router.get("/rules/{rule_id}", response_model=RuleOut, responses=_ERRORS, summary="A rule")
-def get_rule(state: State, key: ReadKey, rule_id: int = Path(ge=1)) -> RuleOut:
+def get_rule(state: State, key: ReadKey, rule_id: int = Path(ge=1, le=MAX_ID)) -> RuleOut:
     with state.meta.repos(readonly=True) as repos:
         return rule_out(repos.rules.require(key.project, rule_id))
 
@@ -309,13 +309,13 @@ def get_rule(state: State, key: ReadKey, rule_id: int = Path(ge=1)) -> RuleOut:
     responses=_ERRORS,
     summary="Change a rule; switching it off closes its open alerts quietly",
 )
-def patch_rule(body: RulePatch, state: State, key: AdminKey, rule_id: int = Path(ge=1)) -> RuleOut:
+def patch_rule(body: RulePatch, state: State, key: AdminKey, rule_id: int = Path(ge=1, le=MAX_ID)) -> RuleOut:
     changes = body.model_dump(exclude_unset=True)
     return rule_out(state.alerts.update_rule(key.project, rule_id, changes))
 
 
 @router.delete("/rules/{rule_id}", status_code=204, responses=_ERRORS, summary="Delete a rule and its alerts")
-def delete_rule(state: State, key: AdminKey, rule_id: int = Path(ge=1)) -> Response:
+def delete_rule(state: State, key: AdminKey, rule_id: int = Path(ge=1, le=MAX_ID)) -> Response:
     with state.meta.repos() as repos:
         repos.rules.delete(key.project, rule_id)
     return Response(status_code=204)
@@ -409,7 +409,7 @@ def list_alerts(
     state_: Literal["ok", "pending", "firing", "resolved", "active", "all"] | None = Query(
         default=None, alias="state", description="Default: pending, firing and resolved (not ok)"
     ),
-    rule: int | None = Query(default=None, ge=1),
+    rule: int | None = Query(default=None, ge=1, le=MAX_ID),
     limit: int = Query(default=500, ge=1, le=10_000),
 ) -> list[AlertOut]:
     statuses = (
@@ -421,7 +421,7 @@ def list_alerts(
 
 
 @router.get("/alerts/{alert_id}", response_model=AlertOut, responses=_ERRORS, summary="An alert")
-def get_alert(state: State, key: ReadKey, alert_id: int = Path(ge=1)) -> AlertOut:
+def get_alert(state: State, key: ReadKey, alert_id: int = Path(ge=1, le=MAX_ID)) -> AlertOut:
     with state.meta.repos(readonly=True) as repos:
         return alert_out(repos.alerts.get(key.project, alert_id))
 
@@ -432,7 +432,7 @@ def get_alert(state: State, key: ReadKey, alert_id: int = Path(ge=1)) -> AlertOu
     responses=_ERRORS,
     summary="Acknowledge: no repeats for the rest of this episode",
 )
-def ack_alert(state: State, key: AdminKey, alert_id: int = Path(ge=1)) -> AlertOut:
+def ack_alert(state: State, key: AdminKey, alert_id: int = Path(ge=1, le=MAX_ID)) -> AlertOut:
     return alert_out(state.alerts.ack(key.project, alert_id, key))
 
 
@@ -456,7 +456,7 @@ def list_outbox(
 @router.get(
     "/outbox/{item_id}", response_model=OutboxOut, responses=_ERRORS, summary="A notification, with its body"
 )
-def get_outbox(state: State, key: ReadKey, item_id: int = Path(ge=1)) -> OutboxOut:
+def get_outbox(state: State, key: ReadKey, item_id: int = Path(ge=1, le=MAX_ID)) -> OutboxOut:
     with state.meta.repos(readonly=True) as repos:
         return outbox_out(repos.outbox.get(key.project, item_id), payload=True)
 
@@ -467,5 +467,5 @@ def get_outbox(state: State, key: ReadKey, item_id: int = Path(ge=1)) -> OutboxO
     responses=_ERRORS,
     summary="Give a dead notification a fresh set of attempts (same idempotency key)",
 )
-def retry_outbox(state: State, key: AdminKey, item_id: int = Path(ge=1)) -> OutboxOut:
+def retry_outbox(state: State, key: AdminKey, item_id: int = Path(ge=1, le=MAX_ID)) -> OutboxOut:
     return outbox_out(state.alerts.requeue(key.project, item_id))

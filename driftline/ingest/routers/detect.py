@@ -109,6 +109,11 @@ def _monitor_out(monitor: Monitor) -> MonitorOut:
     )
 
 
+# comma-separated names; names are printable ASCII, which keeps the longest URL a
+# list makes well under what the HTTP server reads
+_LIST = r"^[\x20-\x7e]*$"
+
+
 @router.get(
     "/{model}/monitors",
     response_model=MonitorOut,
@@ -160,7 +165,7 @@ def run_detect(body: DetectIn, state: State, key: AdminKey, model: str = ModelPa
     window = body.window or monitor_of(record).config.window
     rng = detect_range(body.start, body.end, window, max_windows=state.settings.detect_max_windows)
     timeout = state.settings.detect_spool_timeout_seconds
-    if not state.spool.wait_empty(timeout):
+    if not state.spool.wait_flushed(timeout):
         raise Unavailable(
             f"rows accepted earlier are still on their way to the event store after {timeout:.0f}s "
             "(is it down?); detect again later",
@@ -206,11 +211,13 @@ def get_metrics(
     state: State,
     key: ReadKey,
     model: str = ModelPath,
-    detector: str | None = Query(default=None, max_length=1000, description="Detector kind(s)"),
-    metric: str | None = Query(default=None, max_length=2000),
-    feature: str | None = Query(default=None, max_length=20_000),
+    detector: str | None = Query(
+        default=None, max_length=1000, pattern=_LIST, description="Detector kind(s)"
+    ),
+    metric: str | None = Query(default=None, max_length=2000, pattern=_LIST),
+    feature: str | None = Query(default=None, max_length=10_000, pattern=_LIST),
     slice: str | None = Query(default=None, max_length=300, description="'' is the whole population"),
-    version: str | None = Query(default=None, max_length=1000),
+    version: str | None = Query(default=None, max_length=1000, pattern=_LIST),
     status: Literal["ok", "error", "no_data"] | None = Query(default=None),
     start: str | None = Query(default=None, description="Windows starting at or after (ISO 8601 or epoch)"),
     end: str | None = Query(default=None, description="Windows ending at or before (ISO 8601 or epoch)"),

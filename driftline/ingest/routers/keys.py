@@ -6,7 +6,7 @@ from fastapi import APIRouter, Path, Response
 
 from driftline.errors import NotFound
 from driftline.ingest.api_models import KeyCreate, KeyCreated, KeyOut
-from driftline.ingest.deps import AdminKey, State
+from driftline.ingest.deps import MAX_ID, AdminKey, State
 from driftline.storage.meta.records import KeyInfo
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"])
@@ -38,7 +38,7 @@ def list_keys(state: State, key: AdminKey) -> list[KeyOut]:
 
 
 @router.delete("/{key_id}", status_code=204, summary="Revoke a key, effective at once")
-def revoke_key(state: State, key: AdminKey, key_id: int = Path(ge=1)) -> Response:
+def revoke_key(state: State, key: AdminKey, key_id: int = Path(ge=1, le=MAX_ID)) -> Response:
     with state.meta.repos() as repos:
         if not repos.keys.revoke(key_id, project=key.project):
             raise NotFound(f"no key {key_id} in this project")

@@ -77,7 +77,11 @@ def model_out(state: AppState, info: ModelInfo, *, with_counts: bool) -> ModelOu
 
 
 @router.post(
-    "", status_code=201, response_model=ModelOut, responses=_ERRORS, summary="Register a model and its schema"
+    "",
+    status_code=201,
+    response_model=ModelOut,
+    responses={**_ERRORS, 200: {"model": ModelOut, "description": "Already registered with this schema"}},
+    summary="Register a model and its schema",
 )
 def register_model(schema: ModelSchema, state: State, key: AdminKey, response: Response) -> ModelOut:
     with state.meta.repos() as repos:
@@ -132,7 +136,7 @@ def delete_model(state: State, key: AdminKey, model: str = ModelPath) -> Respons
     "/{model}/versions",
     status_code=201,
     response_model=VersionOut,
-    responses=_ERRORS,
+    responses={**_ERRORS, 200: {"model": VersionOut, "description": "Already registered with these values"}},
     summary="Register a version (role, approval, lineage; optional new features)",
 )
 def add_version(

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from driftline.alerts.service import parse_policy
 from driftline.alerts.triggers import DriftFinding, Gates, LabelFinding, PerformanceFinding, PolicySpec
 from driftline.ingest.api_models import ErrorOut
-from driftline.ingest.deps import AdminKey, ReadKey, State
+from driftline.ingest.deps import MAX_ID, AdminKey, ReadKey, State
 from driftline.ingest.routers.alerts import OutboxOut, check_url, outbox_out, ref
 from driftline.storage.meta.alerting import PolicyRecord, TriggerRecord, TriggerState
 
@@ -245,7 +245,7 @@ def list_triggers(
 
 
 @router.get("/triggers/{trigger_id}", response_model=TriggerOut, responses=_ERRORS, summary="A trigger")
-def get_trigger(state: State, key: ReadKey, trigger_id: int = Path(ge=1)) -> TriggerOut:
+def get_trigger(state: State, key: ReadKey, trigger_id: int = Path(ge=1, le=MAX_ID)) -> TriggerOut:
     with state.meta.repos(readonly=True) as repos:
         found = repos.triggers.require(key.project, trigger_id)
     return _with_dispatch(state, found)
@@ -260,7 +260,7 @@ def get_trigger(state: State, key: ReadKey, trigger_id: int = Path(ge=1)) -> Tri
 def approve_trigger(
     state: State,
     key: AdminKey,
-    trigger_id: int = Path(ge=1),
+    trigger_id: int = Path(ge=1, le=MAX_ID),
     body: Annotated[Decision | None, Body()] = None,
 ) -> TriggerOut:
     done = state.alerts.approve(key.project, trigger_id, key, body.note if body else None)
@@ -276,7 +276,7 @@ def approve_trigger(
 def reject_trigger(
     state: State,
     key: AdminKey,
-    trigger_id: int = Path(ge=1),
+    trigger_id: int = Path(ge=1, le=MAX_ID),
     body: Annotated[Decision | None, Body()] = None,
 ) -> TriggerOut:
     done = state.alerts.reject(key.project, trigger_id, key, body.note if body else None)
