@@ -28,10 +28,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from driftline.errors import Conflict, InvalidInput, StoreError
 from driftline.storage.meta.alert_rules import AlertRepository, ChannelRepository, RuleRepository
-from driftline.storage.meta.keys import KeyRepository
+from driftline.storage.meta.keys import ACTIVE_KEY, KeyCache, KeyRepository
 from driftline.storage.meta.monitors import LeaseRepository, MonitorRepository
 from driftline.storage.meta.outbox import OutboxRepository
 from driftline.storage.meta.projects import ProjectRepository
+from driftline.storage.meta.records import KeyInfo
 from driftline.storage.meta.registry import ModelRepository, ReferenceRepository, VersionRepository
 from driftline.storage.meta.retraining import PolicyRepository, TriggerRepository
 
@@ -140,9 +141,9 @@ class MetaStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._sessions = sessionmaker(bind=engine, expire_on_commit=False)
-        self._readonly_sessions = sessionmaker(
-            bind=engine.execution_options(**{_READONLY: True}), expire_on_commit=False
-        )
+        self._readonly_engine = engine.execution_options(**{_READONLY: True})
+        self._readonly_sessions = sessionmaker(bind=self._readonly_engine, expire_on_commit=False)
+        self._keys = KeyCache()
 
     @classmethod
     def from_url(cls, url: str | URL, **engine_kwargs: Any) -> MetaStore:
@@ -189,6 +190,22 @@ class MetaStore:
                 policies=PolicyRepository(session),
                 triggers=TriggerRepository(session),
             )
+
+    def verify_key(self, plaintext: str) -> KeyInfo | None:
+        """The active key matching the plaintext, or None; for the API's per-request check.
+
+        Same answer as `repos().keys.verify`, cheaper when the key was seen before: see KeyCache.
+        """
+
+        def lookup(token: str) -> KeyInfo | None:
+            with self.repos(readonly=True) as repos:
+                return repos.keys.verify(token)
+
+        def active(key_id: int, digest: str) -> bool:
+            with translate_errors(), self._readonly_engine.connect() as conn:
+                return conn.execute(ACTIVE_KEY, {"id": key_id, "digest": digest}).first() is not None
+
+        return self._keys.verify(plaintext, lookup, active)
 
     def ping(self) -> None:
         """Raise StoreError unless the database answers; for readiness probes."""
