@@ -316,6 +316,27 @@ class Spool:
                 self._changed.wait(remaining)
         return True
 
+    def wait_flushed(self, timeout: float) -> bool:
+        """Wait until every record written before this call is in the store.
+
+        Unlike `wait_empty`, records written meanwhile do not hold it up, so it returns
+        under a steady stream of ingest (detection needs what was acknowledged before it
+        started, not an idle spool).
+        """
+        import time
+
+        deadline = time.monotonic() + timeout
+        with self._write_lock:
+            target = self._written
+        self.ask_flush()
+        with self._changed:
+            while self._pending_bytes > 0 and self.checkpoint < target:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._changed.wait(remaining)
+        return True
+
     def quarantine(self, record: SpoolRecord, reason: str) -> Path:
         """Keep a record the store refuses for good, where an operator can see and replay it."""
         qdir = self.dir / "quarantine"
