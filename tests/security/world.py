@@ -127,6 +127,8 @@ def _body_templates() -> dict[tuple[str, str], Any]:
     return {
         ("POST", "/v1/models"): {**copy.deepcopy(FRAUD), "name": "{model}"},
         ("POST", "/v1/models/{model}/versions"): {"version": "v7", "role": "shadow"},
+        ("PATCH", "/v1/models/{model}"): {"description": "probe"},
+        ("PATCH", "/v1/models/{model}/versions/{version}"): {"data_version": "probe"},
         ("PUT", "/v1/models/{model}/versions/{version}/reference"): {"records": reference},
         ("POST", "/v1/predictions"): {"model": "{model}", "records": predictions},
         ("POST", "/v1/labels"): {"model": "{model}", "records": [{"request_id": "probe-0", "label": 1}]},
