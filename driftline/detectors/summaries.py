@@ -96,23 +96,36 @@ def summary_ddl(names: TableNames, info: EngineInfo) -> list[str]:
 # -- what a summary pass reads ------------------------------------------------------------
 
 
-def _num_states(expr: str, modulus: str = "1") -> list[str]:
+def _num_states(expr: str, modulus: str = "1", *, sampled: bool = False) -> list[str]:
     """States of a Nullable(Float64) expression: nulls are skipped by every function.
 
-    The t-digest sees one row in `modulus` (by a hash of the request id), each weighted by
+    The t-digest sees, when `sampled`, only the rows whose `keep` is set (one in `modulus`,
+    by a hash of the request id, computed once per row: see `_sampler`), each weighted by
     `modulus`: the sketch is the costly part of a summary, and beyond some thousands of rows
     per bucket a weighted sample knows the quantiles as well as every row does. Counts,
     sums, min and max always see every row.
     """
-    sampled = "" if modulus == "1" else f" AND modulo(cityHash64(request_id), {modulus}) = 0"
+    keep = " AND keep" if sampled else ""
     return [
         f"countState({expr})",
         f"sumState({expr})",
         f"sumState({expr} * {expr})",
         f"minState({expr})",
         f"maxState({expr})",
-        f"quantilesTDigestWeightedIfState(0.5)(assumeNotNull({expr}), toUInt64({modulus}), isNotNull({expr}){sampled})",
+        f"quantilesTDigestWeightedIfState(0.5)(assumeNotNull({expr}), toUInt64({modulus}), isNotNull({expr}){keep})",
     ]
+
+
+def _sampler(modulus: str) -> str:
+    """The WITH clause naming, when the t-digest samples, a row's weight and whether it is `keep`."""
+    if modulus == "1":
+        return ""
+    return f"WITH {modulus} AS modulus, modulo(cityHash64(request_id), modulus) = 0 AS keep "
+
+
+def _in_order(info: EngineInfo) -> str:
+    """Settings of a summary pass: aggregate runs of rows sharing the sort key prefix at once."""
+    return " SETTINGS optimize_aggregation_in_order = 1" if info.aggregation_in_order else ""
 
 
 def numeric_columns(schema: ModelSchema) -> list[tuple[str, str]]:
@@ -135,7 +148,7 @@ def numeric_columns(schema: ModelSchema) -> list[tuple[str, str]]:
 
 
 def categorical_columns(schema: ModelSchema, discrete: set[str], *, live: bool) -> list[tuple[str, str]]:
-    """(summary name, Nullable(String) expression) of every column counted by value."""
+    """(summary name, stored column) of every column counted by value (as Nullable(String))."""
     out: list[tuple[str, str]] = []
     for spec, prefix in [(f, FEATURE_PREFIX) for f in schema.features] + [
         (m, META_PREFIX) for m in schema.metadata
@@ -144,11 +157,11 @@ def categorical_columns(schema: ModelSchema, discrete: set[str], *, live: bool) 
             continue
         col = f"`{prefix}{spec.name}`"
         if spec.kind is not FeatureKind.NUMERIC or spec.name in discrete:
-            out.append((spec.name, f"CAST({col} AS Nullable(String))"))
+            out.append((spec.name, col))
     if schema.task is not Task.REGRESSION:
-        out.append((PREDICTION, "CAST(prediction AS Nullable(String))"))
+        out.append((PREDICTION, "prediction"))
     if live:
-        out.append((STATUS, "CAST(status AS Nullable(String))"))
+        out.append((STATUS, "status"))
     return out
 
 
@@ -213,15 +226,17 @@ class Summarizer:
         )
         cols = numeric_columns(schema)
         arrays = ["[" + ", ".join(f"'{name}'" for name, _ in cols) + "] AS names"]
-        states = [_num_states(expr, src.modulus) for _, expr in cols]
+        sampled = src.modulus != "1"
+        states = [_num_states(expr, "modulus" if sampled else "1", sampled=sampled) for _, expr in cols]
         for i, alias in enumerate(("ns", "ss", "s2s", "mns", "mxs", "tds")):
             arrays.append("[" + ", ".join(st[i] for st in states) + f"] AS {alias}")
+        settings = _in_order(self.engine.info)
         self.engine.execute(
             f"INSERT INTO {numsum} (kind, version, slice, bucket, gen, feature, n, s, s2, mn, mx, td) "
             f"SELECT '{src.kind}', version, slice, bucket, {gen}, feature, n, s, s2, mn, mx, td FROM ("
-            f"SELECT version, {slice_expr} AS slice, {src.bucket_expr} AS bucket, {', '.join(arrays)} "
-            f"FROM {src.table} WHERE {src.where} GROUP BY version, slice, bucket) "
-            "ARRAY JOIN names AS feature, ns AS n, ss AS s, s2s AS s2, mns AS mn, mxs AS mx, tds AS td",
+            f"{_sampler(src.modulus)}SELECT version, {slice_expr} AS slice, {src.bucket_expr} AS bucket, "
+            f"{', '.join(arrays)} FROM {src.table} WHERE {src.where} GROUP BY version, slice, bucket) "
+            f"ARRAY JOIN names AS feature, ns AS n, ss AS s, s2s AS s2, mns AS mn, mxs AS mx, tds AS td{settings}",
             src.params,
         )
         if live:
@@ -234,11 +249,12 @@ class Summarizer:
                 src.params,
             )
         # one GROUP BY per column beats one arrayJoin over all of them: no row multiplication
+        # grouped by the stored column itself (a LowCardinality one by its dictionary index), cast after
         parts = [
-            f"SELECT version, {slice_expr} AS slice, {src.bucket_expr} AS bucket, '{name}' AS feature, "
-            f"ifNull({expr}, %(null)s) AS value, count() AS n FROM {src.table} WHERE {src.where} "
-            "GROUP BY version, slice, bucket, value"
-            for name, expr in categorical_columns(schema, discrete, live=live)
+            f"SELECT version, slice, bucket, '{name}' AS feature, ifNull(CAST(raw AS Nullable(String)), %(null)s) "
+            f"AS value, n FROM (SELECT version, {slice_expr} AS slice, {src.bucket_expr} AS bucket, {col} AS raw, "
+            f"count() AS n FROM {src.table} WHERE {src.where} GROUP BY version, slice, bucket, raw)"
+            for name, col in categorical_columns(schema, discrete, live=live)
         ]
         parts.append(
             f"SELECT version, {slice_expr} AS slice, {src.bucket_expr} AS bucket, '{DQ}' AS feature, "

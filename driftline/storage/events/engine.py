@@ -48,6 +48,11 @@ class EngineInfo:
         return self.version >= (19, 0)
 
     @property
+    def aggregation_in_order(self) -> bool:
+        """GROUP BY on a prefix of the sorting key can aggregate runs of rows at once (20.x on)."""
+        return self.version >= (21, 0)
+
+    @property
     def legacy(self) -> bool:
         """ClickHouse before 19: no LowCardinality by default, no query parameters."""
         return self.version < (19, 0)
