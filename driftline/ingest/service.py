@@ -6,16 +6,17 @@ the benchmarks.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from driftline.errors import InvalidInput, PayloadTooLarge, StoreError
+from driftline.errors import DriftlineError, InvalidInput, PayloadTooLarge, StoreError
 from driftline.ingest.api_models import IngestResult, ReferenceResult
 from driftline.ingest.columns import RowErrors
 from driftline.ingest.records import (
@@ -81,7 +82,60 @@ def _keys(kind: Kind, table: pa.Table) -> list[str]:
 
 
 def ingest(state: AppState, project: str, kind: Kind, model: str, rows: list[Any] | pa.Table) -> IngestResult:
-    """Check a batch, drop what this process knows to be a retry, make the rest durable."""
+    """Check a batch, drop what this process knows to be a retry, make the rest durable.
+
+    Small batches that arrive together are checked and spooled as one group (see
+    `batching`); each still gets its own result, and its own errors when malformed.
+    """
+    n = rows.num_rows if isinstance(rows, pa.Table) else len(rows)
+    if 0 < n < state.settings.direct_insert_min_rows:
+        key = (project, model, kind, isinstance(rows, pa.Table))
+        result = state.batches.submit(
+            key, rows, n, lambda items: _ingest_group(state, project, kind, model, items)
+        )
+    else:
+        result = _accept(state, project, kind, model, rows, [n])[0]
+    log.info(
+        "accepted %d %s",
+        result.accepted,
+        kind.value,
+        extra={"project": project, "model": model, "rows": result.accepted},
+    )
+    return result
+
+
+def _ingest_group(
+    state: AppState, project: str, kind: Kind, model: str, items: Sequence[list[Any] | pa.Table]
+) -> list[IngestResult | BaseException]:
+    """One result per request of a group; a group with a malformed request is done request by request."""
+    if len(items) > 1:
+        sizes = [it.num_rows if isinstance(it, pa.Table) else len(it) for it in items]
+        try:
+            if isinstance(items[0], pa.Table):
+                combined: list[Any] | pa.Table = pa.concat_tables(items, promote_options="default")
+            else:
+                combined = [r for it in items for r in it]
+            return list(_accept(state, project, kind, model, combined, sizes))
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            pass  # the tables do not combine: each on its own
+        except DriftlineError as exc:
+            if exc.status_code >= 500:
+                raise
+            # a malformed request (or the group is too big for the spool): each on its own, so
+            # every request gets exactly its own errors and nothing of a malformed one is stored
+    out: list[IngestResult | BaseException] = []
+    for it in items:
+        try:
+            out.append(_accept(state, project, kind, model, it, [len(it)])[0])
+        except Exception as exc:
+            out.append(exc)
+    return out
+
+
+def _accept(
+    state: AppState, project: str, kind: Kind, model: str, rows: list[Any] | pa.Table, sizes: list[int]
+) -> list[IngestResult]:
+    """Build, dedup and make durable the rows of one or more requests (`sizes` rows each, in order)."""
     now = time.time()
     info = state.models.get(project, model)
     make_source = source_for(rows, kind, info.schema)
@@ -104,6 +158,17 @@ def ingest(state: AppState, project: str, kind: Kind, model: str, rows: list[Any
     keys = [] if direct_size else _keys(kind, table)
     seen = state.recent.seen(keys)
     duplicates = int(seen.sum())
+    if len(sizes) == 1:
+        results = [
+            IngestResult(
+                accepted=0,
+                duplicates=duplicates,
+                violations=batch.violations,
+                violations_by_field=batch.violations_by_field,
+            )
+        ]
+    else:
+        results = _split_results(table, seen, sizes, batch.violations)
     if duplicates:
         table = table.filter(pa.array(~seen))
         keys = [k for k, s in zip(keys, seen, strict=True) if not s]
@@ -114,6 +179,7 @@ def ingest(state: AppState, project: str, kind: Kind, model: str, rows: list[Any
             try:
                 result = state.events.insert(kind, project, info.schema, table)
                 duplicates += result.duplicates
+                results[0].duplicates += result.duplicates
                 accepted = result.inserted
                 direct = True
             except StoreError as exc:
@@ -121,18 +187,44 @@ def ingest(state: AppState, project: str, kind: Kind, model: str, rows: list[Any
         if not direct:
             state.spool.append(project, model, kind.value, table)
         state.recent.add(keys)
+    if len(sizes) == 1:
+        results[0].accepted = accepted
     state.metrics.rows.labels(kind.value).inc(accepted)
     state.metrics.duplicates.labels(kind.value).inc(duplicates)
     state.metrics.violations.inc(batch.violations)
-    log.info(
-        "accepted %d %s", accepted, kind.value, extra={"project": project, "model": model, "rows": accepted}
-    )
-    return IngestResult(
-        accepted=accepted,
-        duplicates=duplicates,
-        violations=batch.violations,
-        violations_by_field=batch.violations_by_field,
-    )
+    return results
+
+
+def _split_results(
+    table: pa.Table, seen: np.ndarray, sizes: list[int], violations: int
+) -> list[IngestResult]:
+    """Per-request counts of a group: rows by request, violations from each row's `dq` codes."""
+    bounds = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    codes: list[str] = []
+    offsets = np.zeros(len(seen) + 1, dtype=np.int64)
+    if violations:
+        dq = table.column("dq").combine_chunks()
+        offsets = np.asarray(dq.offsets.to_numpy(zero_copy_only=False), dtype=np.int64)
+        offsets = offsets - offsets[0]
+        codes = dq.flatten().to_pylist()
+    out = []
+    for lo, hi in itertools.pairwise(bounds):
+        dups = int(seen[lo:hi].sum())
+        by_field: dict[str, dict[str, int]] = {}
+        mine = codes[offsets[lo] : offsets[hi]]
+        for code in mine:
+            fld, _, reason = code.rpartition(":")
+            counts = by_field.setdefault(fld, {})
+            counts[reason] = counts.get(reason, 0) + 1
+        out.append(
+            IngestResult(
+                accepted=int(hi - lo) - dups,
+                duplicates=dups,
+                violations=len(mine),
+                violations_by_field=by_field,
+            )
+        )
+    return out
 
 
 _FIELDS = {

@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
 
 from driftline.alerts import AlertMetrics, AlertService
 from driftline.config import Settings, secret_key
 from driftline.detectors.runner import Runner
+from driftline.ingest.api_models import IngestResult
+from driftline.ingest.batching import Coalescer
 from driftline.ingest.columns import PiiHasher
 from driftline.ingest.flusher import Flusher
 from driftline.ingest.recent import RecentKeys
@@ -45,6 +49,7 @@ class AppState:
     metrics: Metrics
     runner: Runner
     alerts: AlertService
+    batches: Coalescer[list[Any] | pa.Table, IngestResult]
     recent: RecentKeys = field(default_factory=RecentKeys)
     scheduler: DetectionScheduler | None = None
 
@@ -93,6 +98,8 @@ class AppState:
             metrics=metrics,
             runner=runner,
             alerts=alerts,
+            # a group stays below the direct-insert size, so it is always spooled
+            batches=Coalescer(max_rows=settings.direct_insert_min_rows - 1),
         )
 
     @property
@@ -115,7 +122,7 @@ class AppState:
                 lease_seconds=self.settings.scheduler_lease_seconds,
                 retention_days=self.settings.retention_days,
                 # rows acknowledged before a sweep are in the store when it reads them
-                before_run=lambda: spool.wait_empty(timeout),
+                before_run=lambda: spool.wait_flushed(timeout),
                 after_run=self.alerts.after_run,
             )
             self.scheduler = DetectionScheduler(jobs, tick_seconds=self.settings.scheduler_tick_seconds)
