@@ -38,8 +38,14 @@ pytest: install services
 
 test: install services lint typecheck pytest
 
+# Each prints its figures against a peer measured in the same run; drift_scale's 100M rows
+# take a while: `$(BIN)/python -m bench.drift_scale --sizes 10000000 100000000`.
 bench: install
-	$(BIN)/python bench/ingest.py
+	$(BIN)/python -m bench.ingest
+	$(BIN)/python -m bench.drift_vs_evidently
+	$(BIN)/python -m bench.drift_scale --sizes 10000000
+	$(BIN)/python -m bench.dashboard_queries
+	$(BIN)/python -m bench.load
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache artifacts

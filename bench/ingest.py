@@ -6,7 +6,7 @@ accepted row is in the store. The peer is the store itself: the same rows insert
 straight into chDB in-process, with no HTTP, no checks and no spool, measured in the
 same run, so the ratio says what the ingest path costs on top of the store.
 
-    python bench/ingest.py [--json-batches 300] [--parquet-rows 2000000]
+    python -m bench.ingest [--json-batches 300] [--parquet-rows 2000000]
 """
 
 from __future__ import annotations
