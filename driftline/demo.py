@@ -161,12 +161,17 @@ def traffic(rng: np.random.Generator, champion: Any, shadow: Any, scenario: Scen
     """Weeks of scored requests ending now, with what goes wrong and when."""
     days = scenario.days
     end = int(now) // 3600 * 3600
-    start = end - days * 86_400
+    # traffic starts at a midnight (UTC), so the first daily window is a whole day, and runs
+    # until now: today's window is the live one, part-way through like in production
+    start = -(-(end - days * 86_400) // 86_400) * 86_400
     n = days * scenario.per_day
     # a daily cycle: more traffic in the day than at night
     hours = rng.choice(24, n, p=np.r_[np.full(7, 0.015), np.full(12, 0.06), np.full(5, 0.035)] / 1.0)
     day = np.sort(rng.integers(0, days, n))
     ts = start + day * 86_400 + hours * 3600 + rng.integers(0, 3600, n)
+    future = ts >= end
+    hours, day, ts = hours[~future], day[~future], ts[~future]
+    n = len(ts)
     drifted = day >= scenario.drift_day
     x = applicants(rng, n, drifted=drifted)
     changed = drifted & (x["channel"] == "partner")
