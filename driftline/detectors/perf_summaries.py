@@ -27,7 +27,7 @@ import numpy as np
 from driftline.detectors.summaries import BUCKET_SECONDS, REFERENCE_CHUNKS, _runs
 from driftline.schema import FeatureKind, ModelSchema, Task
 from driftline.storage.events import EventStore, Kind, ddl
-from driftline.storage.events.tables import FEATURE_PREFIX, META_PREFIX, TableNames
+from driftline.storage.events.tables import FEATURE_PREFIX, META_PREFIX, TableNames, value_column
 
 BINS = 100
 EPS = 1e-15
@@ -123,6 +123,15 @@ class PerfSummarizer:
             f"GLOBAL ANY LEFT JOIN (SELECT request_id, argMax(label, received) AS label, toUInt8(1) AS has FROM {labels} "
             f"WHERE request_id GLOBAL IN (SELECT request_id FROM {preds} WHERE {rng}) GROUP BY request_id) AS l "
             f"USING request_id WHERE {rng}"
+        )
+
+    def _unlabelled_rows(self, names: TableNames, schema: ModelSchema, cols: list[str]) -> str:
+        """The live rows when the model has no label at all: no join, no set of request ids."""
+        rng = "ts >= toDateTime(%(lo)s, 'UTC') AND ts < toDateTime(%(hi)s, 'UTC')"
+        label = f"CAST(NULL AS {value_column('label', schema).ch_type})"
+        return (
+            f"SELECT version, ts, toStartOfHour(ts) AS bucket, {', '.join(cols)}, {label} AS label, "
+            f"toUInt8(0) AS has FROM {names(Kind.PREDICTIONS)} WHERE {rng}"
         )
 
     def _reference_rows(self, names: TableNames, cols: list[str], chunk: int) -> str:
@@ -239,7 +248,9 @@ class PerfSummarizer:
         key = (names.table("perfsum"), start, end)
         if self._seen.get(key) == fingerprint:
             return []
-        rows_sql = self._live_rows(names, schema, self._columns(schema))
+        # the join's set of request ids grows with the predictions in range: skip it while no label exists
+        rows_of = self._live_rows if fingerprint[0] else self._unlabelled_rows
+        rows_sql = rows_of(names, schema, self._columns(schema))
         params = {"lo": start, "hi": end}
         current = self.engine.query_columns(
             f"SELECT toUInt32(bucket) AS b, count() AS n, sum(has) AS labeled FROM ({rows_sql}) GROUP BY bucket",
@@ -267,7 +278,7 @@ class PerfSummarizer:
             self._write(
                 names,
                 schema,
-                self._live_rows(names, schema, self._columns(schema)),
+                rows_sql,
                 "l",
                 gen,
                 {"lo": lo, "hi": hi},
