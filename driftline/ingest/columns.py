@@ -185,7 +185,9 @@ def strings(values: Raw, *, canonical: bool = False) -> tuple[pa.Array, np.ndarr
 
 def _clip(arr: pa.Array) -> tuple[pa.Array, np.ndarray]:
     """Cap string length so a hostile value cannot bloat the store."""
-    longest = pc.max(pc.utf8_length(arr)).as_py() if len(arr) else None
+    # bytes bound code points from above: only a value longer in bytes needs counting
+    widest = pc.max(pc.binary_length(arr)).as_py() if len(arr) else None
+    longest = pc.max(pc.utf8_length(arr)).as_py() if widest is not None and widest > MAX_STRING else None
     if longest is not None and longest > MAX_STRING:
         arr = pc.utf8_slice_codeunits(arr, 0, MAX_STRING)
     return arr, np.zeros(len(arr), dtype=bool)
@@ -236,9 +238,8 @@ def timestamps(values: Raw) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if isinstance(values, (pa.Array, pa.ChunkedArray)):
         arr = _combine(values)
         if pa.types.is_timestamp(arr.type):
-            if arr.type.tz is None:
-                arr = pc.assume_timezone(arr, "UTC")
-            secs = arr.cast(pa.timestamp("s", tz="UTC"), safe=False).cast(pa.int64())
+            # naive means UTC: the stored integers are epoch-relative either way
+            secs = arr.cast(pa.timestamp("s", tz=arr.type.tz), safe=False).cast(pa.int64())
             isnull = np.asarray(secs.is_null().to_numpy(zero_copy_only=False), dtype=bool)
             return (
                 np.asarray(secs.fill_null(0).to_numpy(zero_copy_only=False), dtype=np.int64),

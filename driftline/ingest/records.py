@@ -554,16 +554,17 @@ def _prediction_body(schema: ModelSchema, src: Source, errors: RowErrors) -> dic
         missing_pred = nulls(prediction) & ~np.isnan(score)
         if missing_pred.any():
             negative = next(c for c in schema.classes if c != schema.positive_class)
-            values = np.asarray(prediction.to_pylist(), dtype=object)
-            values[missing_pred] = np.where(score[missing_pred] >= 0.5, schema.positive_class, negative)
-            prediction = pa.array(values.tolist(), pa.string())
+            derived = pa.array([negative, schema.positive_class], pa.string()).take(
+                pa.array(score >= 0.5, pa.bool_()).cast(pa.int8())
+            )
+            prediction = pc.if_else(pa.array(missing_pred), derived, prediction.cast(pa.string()))
     out["prediction"] = prediction
     out["score"] = _float_arrow(score)
     out["scores"] = scores
     out["latency_ms"] = _float_arrow(_strict_floats(src, "latency_ms", errors, lo=0.0))
     raw_status = src.get("status")
     if raw_status is None:
-        status = pa.array(["ok"] * n, pa.string())
+        status = pa.repeat(pa.scalar("ok", pa.string()), n)
     else:
         status, bad = strings(raw_status)
         status = pc.fill_null(status, "ok")
