@@ -1,8 +1,9 @@
-"""`driftline up --demo`, as `make demo` runs it: the stack comes up loaded, alerts reach the
-local receiver, and Ctrl-C stops every process it started.
+"""`driftline up --demo`, as `make demo` runs it: the stack comes up loaded, the dashboard
+answers, alerts reach the local receiver, and Ctrl-C (SIGINT to the whole process group, as a
+terminal sends it) stops every process it started.
 
-The dashboard is left out here (tests/e2e drives it in a browser); everything else is the
-real command in its own process group, on free loopback ports and a temp home.
+The real command runs in its own process group, on free loopback ports and a temp home;
+tests/e2e drives the dashboard's pages in a browser.
 """
 
 from __future__ import annotations
@@ -42,9 +43,19 @@ def read_until_ready(proc: subprocess.Popen[str], timeout: float) -> str:
 def test_demo_comes_up_loaded_alerts_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DRIFTLINE_")}
     env["DRIFTLINE_HOME"] = str(tmp_path)
-    port = free_port()
+    port, dashboard_port = free_port(), free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "driftline", "up", "--demo", "--no-dashboard", "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "driftline",
+            "up",
+            "--demo",
+            "--port",
+            str(port),
+            "--dashboard-port",
+            str(dashboard_port),
+        ],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -56,7 +67,10 @@ def test_demo_comes_up_loaded_alerts_and_stops_on_ctrl_c(tmp_path: Path) -> None
         api = re.search(r"API:\s+(http://127\.0\.0\.1:\d+)", out)
         key = re.search(r"admin key:\s+(\S+)", out)
         ready = re.search(r"ready in (\d+) s", out)
-        assert api and key and ready, out
+        dashboard = re.search(r"dashboard:\s+(http://\S+)", out)
+        assert api and key and ready and dashboard, out
+        page = httpx.get(dashboard.group(1), timeout=30)
+        assert page.status_code == 200 and "<html" in page.text.lower()
         print(f"\ndriftline up --demo ready in {ready.group(1)} s")
         headers = {"Authorization": f"Bearer {key.group(1)}"}
         with httpx.Client(base_url=api.group(1), headers=headers, timeout=60) as c:
@@ -89,8 +103,8 @@ def test_demo_comes_up_loaded_alerts_and_stops_on_ctrl_c(tmp_path: Path) -> None
         children = subprocess.run(
             ["pgrep", "-g", str(proc.pid)], check=False, capture_output=True, text=True
         ).stdout.split()
-        assert len(children) >= 2, children  # the CLI and the API it started
-        proc.send_signal(signal.SIGINT)
+        assert len(children) >= 4, children  # the CLI, the API, the dashboard launcher and streamlit
+        os.killpg(proc.pid, signal.SIGINT)
         assert proc.wait(timeout=60) == 0
         left = subprocess.run(
             ["pgrep", "-g", str(proc.pid)], check=False, capture_output=True, text=True

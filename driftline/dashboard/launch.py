@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import IO
@@ -92,18 +93,30 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> int:
     return int(proc.returncode or 0)
 
 
-def run(api: str, key: str, *, port: int = 8501, host: str = "127.0.0.1") -> int:
-    """Run in the foreground until the child exits or Ctrl-C / SIGTERM stops both."""
+def run(api: str, key: str, *, port: int = 8501, host: str = "127.0.0.1", grace: float = 10.0) -> int:
+    """Run in the foreground until the child exits or Ctrl-C / SIGTERM stops both.
+
+    The signal handler only passes SIGTERM on: waiting for the child inside the handler
+    would wait on the very `wait` it interrupted, which then never returns.
+    """
     proc = start(api, key, port=port, host=host)
+    asked: list[float] = []
 
     def forward(signum: int, _frame: object) -> None:
-        stop(proc)
+        asked.append(time.monotonic())
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
 
     previous = signal.signal(signal.SIGTERM, forward)
     try:
-        return proc.wait()
-    except KeyboardInterrupt:  # the child got the same SIGINT from the terminal; let it finish
-        return stop(proc)
+        while True:
+            try:
+                return proc.wait(timeout=0.5)
+            except subprocess.TimeoutExpired:
+                if asked and time.monotonic() - asked[0] > grace:
+                    proc.kill()
+            except KeyboardInterrupt:  # the child got the same SIGINT from the terminal
+                forward(signal.SIGINT, None)
     finally:
         signal.signal(signal.SIGTERM, previous)
         if proc.poll() is None:
