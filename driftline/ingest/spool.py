@@ -17,8 +17,9 @@ import os
 import shutil
 import struct
 import threading
+import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -287,8 +288,6 @@ class Spool:
 
     def wait_for_data(self, timeout: float, *, min_bytes: int = 1) -> None:
         """Sleep until `min_bytes` wait to be flushed, someone asks for a flush, or `timeout`."""
-        import time
-
         deadline = time.monotonic() + timeout
         with self._changed:
             while not self._flush_asked and self._pending_bytes < min_bytes:
@@ -304,17 +303,8 @@ class Spool:
             self._changed.notify_all()
 
     def wait_empty(self, timeout: float) -> bool:
-        import time
-
-        deadline = time.monotonic() + timeout
-        self.ask_flush()
-        with self._changed:
-            while self._pending_bytes > 0:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._changed.wait(remaining)
-        return True
+        """Flush now and wait until nothing is left to flush, or False after `timeout`."""
+        return self._wait_flush(lambda: self._pending_bytes > 0, timeout)
 
     def wait_flushed(self, timeout: float) -> bool:
         """Wait until every record written before this call is in the store.
@@ -323,14 +313,15 @@ class Spool:
         under a steady stream of ingest (detection needs what was acknowledged before it
         started, not an idle spool).
         """
-        import time
-
-        deadline = time.monotonic() + timeout
         with self._write_lock:
             target = self._written
+        return self._wait_flush(lambda: self._pending_bytes > 0 and self.checkpoint < target, timeout)
+
+    def _wait_flush(self, pending: Callable[[], bool], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
         self.ask_flush()
         with self._changed:
-            while self._pending_bytes > 0 and self.checkpoint < target:
+            while pending():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False

@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
+from playwright import sync_api
 
 from tests.dashboard.stack import DemoStack, demo_stack, wait_for
 from tests.support.live_server import free_port
@@ -35,13 +36,11 @@ PAGES = [
     ("alerts", "alerts", "Alerts & triggers · loan_default"),
 ]
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the dev extra")
-
 
 @pytest.fixture(scope="module")
 def demo() -> Iterator[DemoStack]:
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} not installed: run scripts/install_chromium.sh")
+    # `make test` installs it (scripts/install_chromium.sh): a missing browser is a failure, not a skip
+    assert CHROMIUM.exists(), f"{CHROMIUM} not installed: run scripts/install_chromium.sh"
     with demo_stack() as stack:
         yield stack
 
