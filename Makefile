@@ -18,9 +18,11 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-# Services the tests start themselves (ClickHouse server, Chromium); PostgreSQL runs on the machine.
+# What the tests need: ClickHouse and Chromium installed (the tests start them), PostgreSQL
+# answering at 127.0.0.1:5432 (the one there, or one started here).
 services:
 	./scripts/install_clickhouse.sh
+	./scripts/ensure_postgres.sh
 	./scripts/install_chromium.sh
 
 demo: install

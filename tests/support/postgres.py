@@ -1,6 +1,7 @@
 """A fresh PostgreSQL database per test, on the server at 127.0.0.1:5432.
 
-An unreachable server fails the test rather than skipping it: CI provides one.
+An unreachable server fails the test rather than skipping it: `make services`
+(scripts/ensure_postgres.sh) makes sure one answers.
 """
 
 from __future__ import annotations
