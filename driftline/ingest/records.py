@@ -32,6 +32,7 @@ from driftline.ingest.columns import (
     strings,
     timestamps,
 )
+from driftline.ingest.json_arrow import INPUT_TYPES
 from driftline.schema import (
     RESERVED_FIELDS,
     SCORE_PREFIX,
@@ -48,6 +49,10 @@ from driftline.storage.events.tables import FEATURE_PREFIX, META_PREFIX, Kind, a
 MAX_ID = 256
 STATUSES = ("ok", "error", "timeout")
 MAX_EPOCH = 4_294_967_295  # DateTime's last second (2106)
+
+
+# A batch's records: parsed JSON objects, records Arrow already typed, or a flat bulk table.
+Rows = list[Any] | pa.StructArray | pa.Table
 
 
 @dataclass
@@ -170,13 +175,6 @@ def _sniff(records: list[Any], key: str) -> pa.DataType | None:
     return pa.string()
 
 
-_INPUT_TYPES = {
-    FeatureKind.NUMERIC: pa.float64(),
-    FeatureKind.CATEGORICAL: pa.string(),
-    FeatureKind.BOOLEAN: pa.bool_(),
-}
-
-
 def fast_json_source(records: list[Any], schema: ModelSchema, fields: tuple[str, ...]) -> StructSource | None:
     """Records converted by Arrow in one pass against the types the schema expects.
 
@@ -186,8 +184,8 @@ def fast_json_source(records: list[Any], schema: ModelSchema, fields: tuple[str,
     if not records:
         return None
     members: list[tuple[str, pa.DataType]] = [
-        ("features", pa.struct([(f.name, _INPUT_TYPES[f.kind]) for f in schema.features if f.stored])),
-        ("metadata", pa.struct([(m.name, _INPUT_TYPES[m.kind]) for m in schema.metadata if m.stored])),
+        ("features", pa.struct([(f.name, INPUT_TYPES[f.kind]) for f in schema.features if f.stored])),
+        ("metadata", pa.struct([(m.name, INPUT_TYPES[m.kind]) for m in schema.metadata if m.stored])),
     ]
     for name in fields:
         if name in ("timestamp", "prediction", "label"):
@@ -212,7 +210,8 @@ def fast_json_source(records: list[Any], schema: ModelSchema, fields: tuple[str,
 class StructSource:
     """JSON records already converted by Arrow (see fast_json_source)."""
 
-    def __init__(self, arr: pa.StructArray, records: list[dict[str, Any]]) -> None:
+    def __init__(self, arr: pa.StructArray, records: list[dict[str, Any]] | None) -> None:
+        """`records` names unknown features; None when the reader refused any (see json_arrow)."""
         self.n = len(arr)
         self.arr = arr
         self.records = records
@@ -240,6 +239,8 @@ class StructSource:
         return self._member(self._meta, name)
 
     def unknown_features(self, known: Collection[str]) -> dict[str, np.ndarray]:
+        if self.records is None:
+            return {}
         feats = [r.get("features") or {} for r in self.records]
         metas = [r.get("metadata") or {} for r in self.records]
         names = set().union(*feats, *metas) - set(known)
@@ -260,6 +261,17 @@ class StructSource:
         col = self._fields.get("timings")
         if col is None or col.null_count == self.n:
             return np.zeros(0, dtype=np.int64), [], []
+        if pa.types.is_struct(col.type):
+            # typed by the stages of the first record that had timings (see json_arrow)
+            present: list[np.ndarray] = []
+            stages: list[Any] = []
+            values: list[pa.Array] = []
+            for i in range(col.type.num_fields):
+                child = col.field(i)
+                present.append(np.flatnonzero(~nulls(child)))
+                stages.extend([col.type.field(i).name] * len(present[-1]))
+                values.append(child.drop_null())
+            return np.concatenate(present), stages, pa.concat_arrays(values).to_pylist()
         offsets = np.asarray(col.offsets.to_numpy(zero_copy_only=False), dtype=np.int64)
         counts = np.diff(offsets)
         rows = np.repeat(np.arange(self.n, dtype=np.int64), counts)

@@ -17,13 +17,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from driftline.errors import DriftlineError, InvalidInput, PayloadTooLarge, StoreError
+from driftline.ingest import json_arrow
 from driftline.ingest.api_models import IngestResult, ReferenceResult
+from driftline.ingest.bodies import parse_json
 from driftline.ingest.columns import RowErrors
+from driftline.ingest.json_arrow import FIELDS
 from driftline.ingest.records import (
     ArrowSource,
     Batch,
     JsonSource,
+    Rows,
     Source,
+    StructSource,
     build_feedback,
     build_labels,
     build_predictions,
@@ -51,6 +56,25 @@ def split_json(payload: Any, max_rows: int) -> tuple[str, list[Any]]:
     if len(records) > max_rows:
         raise PayloadTooLarge(f"{len(records)} records in one batch; the limit is {max_rows}")
     return model, records
+
+
+def ingest_json(state: AppState, project: str, kind: Kind, body: bytes, model: str | None) -> IngestResult:
+    """A JSON batch: read by Arrow when it types cleanly, else parsed and checked value by value."""
+    max_rows = state.settings.max_batch_rows
+    name = json_arrow.leading_model(body)
+    if name is not None and (model is None or model == name):
+        try:
+            schema = state.models.get(project, name).schema
+        except DriftlineError:
+            schema = None  # unknown model, or none to be had now: the checking path says which
+        if schema is not None:
+            records = json_arrow.read_records(body, schema, kind, name, max_rows)
+            if records is not None:
+                return ingest(state, project, kind, name, records)
+    name, parsed = split_json(parse_json(body), max_rows)
+    if model is not None and model != name:
+        raise InvalidInput(f"?model={model!r} and the body's model {name!r} differ")
+    return ingest(state, project, kind, name, parsed)
 
 
 def _build(state: AppState, kind: Kind, info: ModelInfo, src: Source, errors: RowErrors, now: float) -> Batch:
@@ -81,7 +105,7 @@ def _keys(kind: Kind, table: pa.Table) -> list[str]:
     return list(pc.binary_join_element_wise(*parts, "\x00").to_pylist())
 
 
-def ingest(state: AppState, project: str, kind: Kind, model: str, rows: list[Any] | pa.Table) -> IngestResult:
+def ingest(state: AppState, project: str, kind: Kind, model: str, rows: Rows) -> IngestResult:
     """Check a batch, drop what this process knows to be a retry, make the rest durable.
 
     Small batches that arrive together are checked and spooled as one group (see
@@ -89,7 +113,7 @@ def ingest(state: AppState, project: str, kind: Kind, model: str, rows: list[Any
     """
     n = rows.num_rows if isinstance(rows, pa.Table) else len(rows)
     if 0 < n < state.settings.direct_insert_min_rows:
-        key = (project, model, kind, isinstance(rows, pa.Table))
+        key = (project, model, kind, type(rows))
         result = state.batches.submit(
             key, rows, n, lambda items: _ingest_group(state, project, kind, model, items)
         )
@@ -105,14 +129,17 @@ def ingest(state: AppState, project: str, kind: Kind, model: str, rows: list[Any
 
 
 def _ingest_group(
-    state: AppState, project: str, kind: Kind, model: str, items: Sequence[list[Any] | pa.Table]
+    state: AppState, project: str, kind: Kind, model: str, items: Sequence[Rows]
 ) -> list[IngestResult | BaseException]:
     """One result per request of a group; a group with a malformed request is done request by request."""
     if len(items) > 1:
         sizes = [it.num_rows if isinstance(it, pa.Table) else len(it) for it in items]
         try:
+            combined: Rows
             if isinstance(items[0], pa.Table):
-                combined: list[Any] | pa.Table = pa.concat_tables(items, promote_options="default")
+                combined = pa.concat_tables(items, promote_options="default")
+            elif isinstance(items[0], pa.StructArray):
+                combined = pa.concat_arrays(items)
             else:
                 combined = [r for it in items for r in it]
             return list(_accept(state, project, kind, model, combined, sizes))
@@ -133,7 +160,7 @@ def _ingest_group(
 
 
 def _accept(
-    state: AppState, project: str, kind: Kind, model: str, rows: list[Any] | pa.Table, sizes: list[int]
+    state: AppState, project: str, kind: Kind, model: str, rows: Rows, sizes: list[int]
 ) -> list[IngestResult]:
     """Build, dedup and make durable the rows of one or more requests (`sizes` rows each, in order)."""
     now = time.time()
@@ -227,42 +254,15 @@ def _split_results(
     return out
 
 
-_FIELDS = {
-    Kind.PREDICTIONS: (
-        "request_id",
-        "version",
-        "timestamp",
-        "prediction",
-        "score",
-        "scores",
-        "latency_ms",
-        "timings",
-        "status",
-        "error",
-    ),
-    Kind.LABELS: ("request_id", "label", "timestamp"),
-    Kind.FEEDBACK: ("request_id", "outcome", "reviewer", "label", "comment", "timestamp"),
-    Kind.REFERENCE: (
-        "request_id",
-        "timestamp",
-        "prediction",
-        "score",
-        "scores",
-        "latency_ms",
-        "timings",
-        "status",
-        "error",
-        "label",
-    ),
-}
-
-
-def source_for(rows: list[Any] | pa.Table, kind: Kind, schema: ModelSchema) -> Callable[[RowErrors], Source]:
+def source_for(rows: Rows, kind: Kind, schema: ModelSchema) -> Callable[[RowErrors], Source]:
     """Arrow's one-pass conversion when every value has the expected type, else the checking path."""
     if isinstance(rows, pa.Table):
         table = rows
         return lambda errors: ArrowSource(table)
-    fast = fast_json_source(rows, schema, _FIELDS[kind])
+    if isinstance(rows, pa.StructArray):
+        typed = StructSource(rows, None)
+        return lambda errors: typed
+    fast = fast_json_source(rows, schema, FIELDS[kind])
 
     def make(errors: RowErrors) -> Source:
         return fast if fast is not None else JsonSource(rows, errors)
@@ -275,7 +275,7 @@ def upload_reference(
     project: str,
     model: str,
     version: str,
-    rows: list[Any] | pa.Table,
+    rows: Rows,
     fmt: str,
     key_id: int | None,
 ) -> ReferenceResult:

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
-
-import pyarrow as pa
+from typing import TYPE_CHECKING
 
 from driftline.alerts import AlertMetrics, AlertService
 from driftline.config import Settings, secret_key
@@ -23,6 +21,7 @@ from driftline.ingest.batching import Coalescer
 from driftline.ingest.columns import PiiHasher
 from driftline.ingest.flusher import Flusher
 from driftline.ingest.recent import RecentKeys
+from driftline.ingest.records import Rows
 from driftline.ingest.registry import ModelCache
 from driftline.ingest.spool import Spool
 from driftline.ingest.telemetry import Metrics
@@ -49,7 +48,7 @@ class AppState:
     metrics: Metrics
     runner: Runner
     alerts: AlertService
-    batches: Coalescer[list[Any] | pa.Table, IngestResult]
+    batches: Coalescer[Rows, IngestResult]
     recent: RecentKeys = field(default_factory=RecentKeys)
     scheduler: DetectionScheduler | None = None
 

@@ -9,8 +9,8 @@ import pyarrow as pa
 import pytest
 
 from driftline.ingest.columns import PiiHasher, RowErrors, floats, strings, timestamps
+from driftline.ingest.json_arrow import FIELDS as _FIELDS
 from driftline.ingest.records import JsonSource, build_predictions, fast_json_source
-from driftline.ingest.service import _FIELDS
 from driftline.schema import ModelSchema
 from driftline.storage.events import Kind
 from tests.support.models import FRAUD, IRIS, fraud_records

@@ -45,14 +45,7 @@ async def _handle(
             request, state.settings.max_body_bytes, timeout=state.settings.body_timeout_seconds
         )
 
-        def run() -> IngestResult:
-            payload = bodies.parse_json(body)
-            name, records = service.split_json(payload, state.settings.max_batch_rows)
-            if model is not None and model != name:
-                raise InvalidInput(f"?model={model!r} and the body's model {name!r} differ")
-            return service.ingest(state, key.project, kind, name, records)
-
-        return await run_in_threadpool(run)
+        return await run_in_threadpool(service.ingest_json, state, key.project, kind, body, model)
     if model is None:
         raise InvalidInput("a bulk body needs the model as a query parameter: ?model=NAME")
     body = await bodies.read_body(

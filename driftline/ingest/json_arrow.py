@@ -1,0 +1,192 @@
+"""JSON batches read straight into Arrow by Arrow's own JSON reader.
+
+Parsing a batch into Python objects and then converting those to columns holds the
+GIL for most of a request; Arrow's reader does both in C++ without it, so requests
+are parsed on every core at once. The reader is told the exact type of every field
+the model's schema allows and refuses anything else, so it only ever takes a body it
+can type completely: stage timings are typed by the stages of the first record that
+has them. Any doubt (an unexpected field, stage or type, NaN, a second object, bytes
+that are not UTF-8, a model named after the records) and it declines:
+the caller then parses with orjson and checks value by value, which reports exactly
+what is wrong. Declining is the only answer to hostile nesting too, since the reader
+stops at the first unexpected bracket instead of descending into it.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pajson
+
+from driftline.schema import FeatureKind, ModelSchema, Task
+from driftline.storage.events import Kind
+
+# Fields each kind of record may carry, besides features and metadata.
+FIELDS: dict[Kind, tuple[str, ...]] = {
+    Kind.PREDICTIONS: (
+        "request_id",
+        "version",
+        "timestamp",
+        "prediction",
+        "score",
+        "scores",
+        "latency_ms",
+        "timings",
+        "status",
+        "error",
+    ),
+    Kind.LABELS: ("request_id", "label", "timestamp"),
+    Kind.FEEDBACK: ("request_id", "outcome", "reviewer", "label", "comment", "timestamp"),
+    Kind.REFERENCE: (
+        "request_id",
+        "timestamp",
+        "prediction",
+        "score",
+        "scores",
+        "latency_ms",
+        "timings",
+        "status",
+        "error",
+        "label",
+    ),
+}
+INPUT_TYPES = {
+    FeatureKind.NUMERIC: pa.float64(),
+    FeatureKind.CATEGORICAL: pa.string(),
+    FeatureKind.BOOLEAN: pa.bool_(),
+}
+# Fields that may be text or number: typed from their first value in the body.
+SNIFFED = ("timestamp", "prediction", "label")
+
+_TIMINGS = re.compile(rb'"timings"\s*:\s*(?:null|\{([^{}"]*(?:"[A-Za-z0-9_ .:/-]{1,64}"[^{}"]*)*)\})')
+_STAGE = re.compile(rb'"([A-Za-z0-9_ .:/-]{1,64})"\s*:')
+_MODEL = re.compile(rb'\A\s*\{\s*"model"\s*:\s*"([A-Za-z][A-Za-z0-9_-]{0,63})"\s*,')
+_NUMBER = re.compile(rb"-?[0-9]+(\.[0-9]*)?([eE][-+]?[0-9]+)?")
+_VALUE = re.compile(rb'\s*:\s*(["tfn0-9-])')
+
+
+def leading_model(body: bytes) -> str | None:
+    """The model named first in the body, as serving systems write it; None otherwise."""
+    m = _MODEL.match(body)
+    return m.group(1).decode() if m else None
+
+
+def _sniff(body: bytes, name: str) -> pa.DataType | None:
+    """The type of a field's first non-null value, read off the raw bytes.
+
+    A wrong guess costs nothing but speed: the reader then refuses a value and the
+    caller takes the checking path.
+    """
+    key = b'"' + name.encode() + b'"'
+    start = 0
+    for _ in range(64):
+        at = body.find(key, start)
+        if at < 0:
+            break
+        start = at + len(key)
+        m = _VALUE.match(body, start)
+        if m is None:
+            continue  # the name as a value, not as a key
+        first = m.group(1)
+        if first == b'"':
+            return pa.string()
+        if first in (b"t", b"f"):
+            return None if name == "timestamp" else pa.bool_()
+        if first == b"n":
+            continue
+        number = _NUMBER.match(body, m.start(1))
+        if number is None:
+            break
+        return pa.float64() if number.group(1) or number.group(2) else pa.int64()
+    return pa.string()
+
+
+def _stages(body: bytes) -> list[str] | None:
+    """The stage names of the first timings in the body; records with other stages are refused."""
+    for i, m in enumerate(_TIMINGS.finditer(body)):
+        if m.group(1) is not None:
+            names = [k.decode() for k in _STAGE.findall(m.group(1))]
+            return names if len(set(names)) == len(names) else None
+        if i >= 64:
+            break
+    return None
+
+
+def record_type(body: bytes, schema: ModelSchema, kind: Kind) -> pa.StructType | None:
+    """The type every record must have, or None when a field's first value rules the reader out."""
+    members: list[tuple[str, pa.DataType]] = [
+        ("features", pa.struct([(f.name, INPUT_TYPES[f.kind]) for f in schema.features])),
+        ("metadata", pa.struct([(m.name, INPUT_TYPES[m.kind]) for m in schema.metadata])),
+    ]
+    for name in FIELDS[kind]:
+        if name in SNIFFED:
+            typ = _sniff(body, name)
+            if typ is None:
+                return None
+            if name != "timestamp" and schema.task is Task.REGRESSION and pa.types.is_integer(typ):
+                typ = pa.float64()
+            members.append((name, typ))
+        elif name in ("score", "latency_ms"):
+            members.append((name, pa.float64()))
+        elif name == "scores":
+            members.append((name, pa.struct([(c, pa.float64()) for c in schema.classes])))
+        elif name == "timings":
+            stages = _stages(body) if b'"timings"' in body else []
+            if stages is None:
+                return None
+            if stages:
+                members.append((name, pa.struct([(st, pa.float64()) for st in stages])))
+        else:
+            members.append((name, pa.string()))
+    return pa.struct(members)
+
+
+def read_records(
+    body: bytes, schema: ModelSchema, kind: Kind, model: str, max_rows: int
+) -> pa.StructArray | None:
+    """The body's records as one struct array, or None when the checking path must read it."""
+    rec = record_type(body, schema, kind)
+    if rec is None:
+        return None
+    explicit = pa.schema([("model", pa.string()), ("records", pa.list_(rec))])
+    try:
+        table = pajson.read_json(
+            pa.BufferReader(body),
+            read_options=pajson.ReadOptions(use_threads=False, block_size=len(body) + 1),
+            parse_options=pajson.ParseOptions(
+                explicit_schema=explicit, unexpected_field_behavior="error", newlines_in_values=True
+            ),
+        )
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        return None
+    if table.num_rows != 1 or table.column("model")[0].as_py() != model:
+        return None
+    lists = table.column("records").combine_chunks()
+    if lists.null_count:
+        return None
+    records = lists.flatten()
+    if not 0 < len(records) <= max_rows or records.null_count:
+        return None
+    if not (body.isascii() or _valid_utf8(records)):
+        return None
+    if not _finite(records):
+        return None  # NaN or Infinity: not JSON, the checking path says so
+    return records
+
+
+def _valid_utf8(arr: pa.Array) -> bool:
+    try:
+        arr.validate(full=True)
+    except pa.ArrowInvalid:
+        return False
+    return True
+
+
+def _finite(arr: pa.Array) -> bool:
+    if pa.types.is_struct(arr.type):
+        return all(_finite(arr.field(i)) for i in range(arr.type.num_fields))
+    if pa.types.is_floating(arr.type):
+        return bool(pc.all(pc.is_finite(arr)).as_py() is not False)
+    return True
