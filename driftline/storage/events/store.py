@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
@@ -62,6 +64,14 @@ def _arrow(values: np.ndarray) -> pa.Array:
     if values.dtype == object:
         return pa.array(values.tolist())
     return pa.array(values, from_pandas=True)
+
+
+def _keys_of(kind: Kind, got: dict[str, np.ndarray]) -> pa.Array:
+    """The distinct record keys of a lookup result."""
+    if not len(got["request_id"]):
+        return pa.array([], pa.string())
+    found = pa.table({k: _arrow(got[k]) for k in _KEYS[kind]})
+    return pc.unique(block_keys(kind, found))
 
 
 def block_keys(kind: Kind, data: pa.Table) -> pa.Array:
@@ -141,11 +151,12 @@ class EventStore:
     def insert(self, kind: Kind, project: str, schema: ModelSchema, data: pa.Table) -> InsertResult:
         """Insert rows whose keys are not stored yet; safe to repeat after any failure.
 
-        The keys already stored are looked up first (only among rows that could clash:
-        same request ids, and for predictions the same time range), then the rest is
-        inserted in one block. Within a process the check and the insert are one step;
-        two processes (API replicas) inserting the same new key in the same instant
-        could both pass the check, which the docs on deployment call out.
+        The keys already stored are looked up first (see `_stored_keys`), then the rest is
+        inserted in one block. A prediction's id goes into the id index before its row, so
+        that a block that is new (the common case) is checked against the index alone.
+        Within a process the check and the insert are one step; two processes (API
+        replicas) inserting the same new key in the same instant could both pass the
+        check, which the docs on deployment call out.
         """
         if kind is Kind.REFERENCE:
             raise ValueError("reference rows are replaced per version, see replace_reference")
@@ -165,46 +176,61 @@ class EventStore:
                 seen = pc.is_in(block_keys(kind, unique), value_set=stored)
                 known = int(pc.sum(seen).as_py() or 0)
                 unique = unique.filter(pc.invert(seen))
-            self.engine.insert_columns(target, unique)
             if kind is Kind.PREDICTIONS and unique.num_rows:
                 self.engine.insert_columns(names.ids(), unique.select(["request_id", "version", "ts"]))
+            self.engine.insert_columns(target, unique)
         return InsertResult(inserted=unique.num_rows, duplicates=in_block + known)
 
     def _stored_keys(self, kind: Kind, names: TableNames, block: pa.Table) -> pa.Array:
         """Keys of `block` that the table holds already.
 
         Labels and feedback are ordered by request_id, so the lookup uses their primary
-        key. Predictions are ordered by time: their request ids are also kept in an index
-        table ordered by request_id (catching a resend with another timestamp), and the
-        block's own time range is searched too, because the index is written after the
-        rows and a crash between the two must not let a retry through twice.
+        key. Predictions are ordered by time: their ids are also kept in an index table
+        ordered by request_id, written before the rows. A key absent from the index is
+        therefore not stored, and a new block costs one index lookup. A key present
+        there may have lost its row to a crash between the two writes, so only those
+        keys are then searched among the rows, in the time range the index gives them
+        (which also catches a resend with another timestamp).
         """
         target = names(kind)
+        with self._staged(names, block.column("request_id")) as staged:
+            # GLOBAL: on a cluster the staging table lives on this node only
+            if kind is not Kind.PREDICTIONS:
+                got = self.engine.query_columns(
+                    f"SELECT {', '.join(_KEYS[kind])} FROM {target} WHERE request_id GLOBAL IN "
+                    f"(SELECT request_id FROM {staged})"
+                )
+                return _keys_of(kind, got)
+            indexed = self.engine.query_columns(
+                f"SELECT request_id, min(ts) AS lo, max(ts) AS hi FROM {names.ids()} "
+                f"WHERE request_id GLOBAL IN (SELECT request_id FROM {staged}) GROUP BY request_id"
+            )
+        if not len(indexed["request_id"]):
+            return pa.array([], pa.string())
+        ids = _arrow(indexed["request_id"])
+        with self._staged(names, ids) as staged:
+            got = self.engine.query_columns(
+                f"SELECT request_id, version FROM {target} WHERE ts >= %(lo)s AND ts <= %(hi)s "
+                f"AND request_id GLOBAL IN (SELECT request_id FROM {staged})",
+                {
+                    "lo": datetime.fromtimestamp(int(indexed["lo"].min()), tz=UTC),
+                    "hi": datetime.fromtimestamp(int(indexed["hi"].max()), tz=UTC),
+                },
+            )
+        return _keys_of(kind, got)
+
+    @contextmanager
+    def _staged(self, names: TableNames, request_ids: pa.Array | pa.ChunkedArray) -> Iterator[str]:
+        """A Memory table of request ids to search with IN, dropped afterwards."""
         staging = f"`{names.database}`.`_staging_{uuid.uuid4().hex}`"
         self.engine.execute(f"CREATE TABLE {staging} (request_id String) ENGINE = Memory")
         try:
-            # the block's keys are unique already; a request id repeated under another version
-            # only repeats in the set, which costs less than hashing every id here
-            self.engine.insert_columns(staging, block.select(["request_id"]))
-            # GLOBAL: on a cluster the staging table lives on this node only
-            in_block = f"request_id GLOBAL IN (SELECT request_id FROM {staging})"
-            if kind is Kind.PREDICTIONS:
-                lo, hi = pc.min_max(block.column("ts")).values()
-                got = self.engine.query_columns(
-                    f"SELECT request_id, version FROM {names.ids()} WHERE {in_block} UNION ALL "
-                    f"SELECT request_id, version FROM {target} WHERE ts >= %(lo)s AND ts <= %(hi)s AND {in_block}",
-                    {"lo": lo.as_py(), "hi": hi.as_py()},
-                )
-            else:
-                got = self.engine.query_columns(
-                    f"SELECT {', '.join(_KEYS[kind])} FROM {target} WHERE {in_block}"
-                )
+            # a request id repeated under another version only repeats in the set, which
+            # costs less than hashing every id here
+            self.engine.insert_columns(staging, pa.table({"request_id": request_ids}))
+            yield staging
         finally:
             self.engine.execute(f"DROP TABLE IF EXISTS {staging}")
-        if not len(got["request_id"]):
-            return pa.array([], pa.string())
-        found = pa.table({k: _arrow(got[k]) for k in _KEYS[kind]})
-        return pc.unique(block_keys(kind, found))
 
     def replace_reference(self, project: str, schema: ModelSchema, version: str, data: pa.Table) -> int:
         """Make `data` the reference of a version: the old rows go, the new ones come."""

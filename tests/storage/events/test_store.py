@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from driftline.errors import StoreError
 from driftline.schema import FeatureSpec, ModelSchema
 from driftline.storage.events import EventEngine, EventStore, Kind, arrow_schema
 from driftline.storage.events.engine import render
@@ -165,3 +166,27 @@ def test_the_same_request_scored_by_two_versions_is_two_rows(store: EventStore) 
     assert store.insert(Kind.PREDICTIONS, "default", SCHEMA, shadow).duplicates == 2
     row = store.get_prediction("default", SCHEMA, "req-1", "v1")
     assert row is not None and row["version"] == "v1" and sorted(row["versions"]) == ["v1", "v2"]
+
+
+def test_a_block_cut_off_between_index_and_rows_is_stored_once_on_retry(
+    store: EventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The id index is written first: ids left without rows must not turn a retry away."""
+    store.insert(Kind.PREDICTIONS, "default", SCHEMA, predictions(["old"]))
+    target = store.names("default", "fraud")(Kind.PREDICTIONS)
+    real = store.engine.insert_columns
+
+    def fail_on_rows(table: str, data: pa.Table) -> int:
+        if table == target:
+            raise StoreError("lost the connection")
+        return real(table, data)
+
+    monkeypatch.setattr(store.engine, "insert_columns", fail_on_rows)
+    with pytest.raises(StoreError):
+        store.insert(Kind.PREDICTIONS, "default", SCHEMA, predictions(["a", "b"], [1, 1]))
+    monkeypatch.undo()
+    retry = store.insert(Kind.PREDICTIONS, "default", SCHEMA, predictions(["a", "b", "old"], [2, 2, 2]))
+    assert (retry.inserted, retry.duplicates) == (2, 1)
+    again = store.insert(Kind.PREDICTIONS, "default", SCHEMA, predictions(["a", "b"], [1, 1]))
+    assert (again.inserted, again.duplicates) == (0, 2)
+    assert store.counts("default", "fraud").predictions == 3
