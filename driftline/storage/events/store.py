@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
@@ -64,14 +62,6 @@ def _arrow(values: np.ndarray) -> pa.Array:
     if values.dtype == object:
         return pa.array(values.tolist())
     return pa.array(values, from_pandas=True)
-
-
-def _keys_of(kind: Kind, got: dict[str, np.ndarray]) -> pa.Array:
-    """The distinct record keys of a lookup result."""
-    if not len(got["request_id"]):
-        return pa.array([], pa.string())
-    found = pa.table({k: _arrow(got[k]) for k in _KEYS[kind]})
-    return pc.unique(block_keys(kind, found))
 
 
 def block_keys(kind: Kind, data: pa.Table) -> pa.Array:
@@ -186,51 +176,44 @@ class EventStore:
 
         Labels and feedback are ordered by request_id, so the lookup uses their primary
         key. Predictions are ordered by time: their ids are also kept in an index table
-        ordered by request_id, written before the rows. A key absent from the index is
-        therefore not stored, and a new block costs one index lookup. A key present
-        there may have lost its row to a crash between the two writes, so only those
-        keys are then searched among the rows, in the time range the index gives them
-        (which also catches a resend with another timestamp).
+        ordered by request_id, written before the rows. A block none of whose ids is in
+        the index (the common case) is therefore new, at the cost of one index lookup.
+        Otherwise an id there may have lost its row to a crash between the two writes,
+        so the rows themselves are searched, in the time range the index records for
+        those ids (which also catches a resend with another timestamp).
         """
         target = names(kind)
-        with self._staged(names, block.column("request_id")) as staged:
-            # GLOBAL: on a cluster the staging table lives on this node only
-            if kind is not Kind.PREDICTIONS:
-                got = self.engine.query_columns(
-                    f"SELECT {', '.join(_KEYS[kind])} FROM {target} WHERE request_id GLOBAL IN "
-                    f"(SELECT request_id FROM {staged})"
-                )
-                return _keys_of(kind, got)
-            indexed = self.engine.query_columns(
-                f"SELECT request_id, min(ts) AS lo, max(ts) AS hi FROM {names.ids()} "
-                f"WHERE request_id GLOBAL IN (SELECT request_id FROM {staged}) GROUP BY request_id"
-            )
-        if not len(indexed["request_id"]):
-            return pa.array([], pa.string())
-        ids = _arrow(indexed["request_id"])
-        with self._staged(names, ids) as staged:
-            got = self.engine.query_columns(
-                f"SELECT request_id, version FROM {target} WHERE ts >= %(lo)s AND ts <= %(hi)s "
-                f"AND request_id GLOBAL IN (SELECT request_id FROM {staged})",
-                {
-                    "lo": datetime.fromtimestamp(int(indexed["lo"].min()), tz=UTC),
-                    "hi": datetime.fromtimestamp(int(indexed["hi"].max()), tz=UTC),
-                },
-            )
-        return _keys_of(kind, got)
-
-    @contextmanager
-    def _staged(self, names: TableNames, request_ids: pa.Array | pa.ChunkedArray) -> Iterator[str]:
-        """A Memory table of request ids to search with IN, dropped afterwards."""
         staging = f"`{names.database}`.`_staging_{uuid.uuid4().hex}`"
         self.engine.execute(f"CREATE TABLE {staging} (request_id String) ENGINE = Memory")
         try:
             # a request id repeated under another version only repeats in the set, which
             # costs less than hashing every id here
-            self.engine.insert_columns(staging, pa.table({"request_id": request_ids}))
-            yield staging
+            self.engine.insert_columns(staging, block.select(["request_id"]))
+            # GLOBAL: on a cluster the staging table lives on this node only
+            in_block = f"request_id GLOBAL IN (SELECT request_id FROM {staging})"
+            if kind is Kind.PREDICTIONS:
+                indexed = self.engine.query_columns(
+                    f"SELECT count() AS n, min(ts) AS lo, max(ts) AS hi FROM {names.ids()} WHERE {in_block}"
+                )
+                if not indexed["n"][0]:
+                    return pa.array([], pa.string())
+                got = self.engine.query_columns(
+                    f"SELECT request_id, version FROM {target} WHERE ts >= %(lo)s AND ts <= %(hi)s AND {in_block}",
+                    {
+                        "lo": datetime.fromtimestamp(int(indexed["lo"][0]), tz=UTC),
+                        "hi": datetime.fromtimestamp(int(indexed["hi"][0]), tz=UTC),
+                    },
+                )
+            else:
+                got = self.engine.query_columns(
+                    f"SELECT {', '.join(_KEYS[kind])} FROM {target} WHERE {in_block}"
+                )
         finally:
             self.engine.execute(f"DROP TABLE IF EXISTS {staging}")
+        if not len(got["request_id"]):
+            return pa.array([], pa.string())
+        found = pa.table({k: _arrow(got[k]) for k in _KEYS[kind]})
+        return pc.unique(block_keys(kind, found))
 
     def replace_reference(self, project: str, schema: ModelSchema, version: str, data: pa.Table) -> int:
         """Make `data` the reference of a version: the old rows go, the new ones come."""
