@@ -59,6 +59,10 @@ INPUT_TYPES = {
 }
 # Fields that may be text or number: typed from their first value in the body.
 SNIFFED = ("timestamp", "prediction", "label")
+# Types are read off the body's first bytes only: a search for a field that no record has
+# would otherwise scan the whole body, and a field that shows up only later makes the
+# reader refuse, so the guess never changes a result.
+SNIFF_BYTES = 64 * 1024
 
 _TIMINGS = re.compile(rb'"timings"\s*:\s*(?:null|\{([^{}"]*(?:"[A-Za-z0-9_ .:/-]{1,64}"[^{}"]*)*)\})')
 _STAGE = re.compile(rb'"([A-Za-z0-9_ .:/-]{1,64})"\s*:')
@@ -116,6 +120,7 @@ def _stages(body: bytes) -> list[str] | None:
 
 def record_type(body: bytes, schema: ModelSchema, kind: Kind) -> pa.StructType | None:
     """The type every record must have, or None when a field's first value rules the reader out."""
+    body = body[:SNIFF_BYTES]
     members: list[tuple[str, pa.DataType]] = [
         ("features", pa.struct([(f.name, INPUT_TYPES[f.kind]) for f in schema.features])),
         ("metadata", pa.struct([(m.name, INPUT_TYPES[m.kind]) for m in schema.metadata])),

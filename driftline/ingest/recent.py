@@ -20,11 +20,14 @@ class RecentKeys:
 
     def seen(self, keys: list[str]) -> np.ndarray:
         """Which keys were accepted before, or earlier in the same list."""
-        hashes = [hash(k) for k in keys]
+        hashes = list(map(hash, keys))
         out = np.zeros(len(keys), dtype=bool)
+        distinct = set(hashes)
         local: set[int] = set()
         with self._lock:
             cur, prev = self._current, self._previous
+            if len(distinct) == len(hashes) and distinct.isdisjoint(cur) and distinct.isdisjoint(prev):
+                return out  # the usual case, decided by set operations alone
             for i, h in enumerate(hashes):
                 if h in local or h in cur or h in prev:
                     out[i] = True
@@ -34,7 +37,7 @@ class RecentKeys:
 
     def add(self, keys: list[str]) -> None:
         with self._lock:
-            self._current.update(hash(k) for k in keys)
+            self._current.update(map(hash, keys))
             if len(self._current) > self.per_generation:
                 self._previous = self._current
                 self._current = set()

@@ -201,3 +201,19 @@ def test_field_types_come_from_the_first_non_null_value() -> None:
     houses = ModelSchema.model_validate(HOUSES)
     rec = record_type(b'[{"prediction": 3}]', houses, Kind.PREDICTIONS)
     assert rec is not None and rec.field("prediction").type == pa.float64()
+
+
+def test_fields_first_seen_past_the_sniffed_bytes_are_declined() -> None:
+    records = fraud_records(600)
+    for r in records:
+        r.pop("timings")
+    late = [dict(r) for r in records]
+    late[-1]["timings"] = {"inference": 1.0}
+    assert len(body_of("fraud", late)) > 64 * 1024
+    assert read_records(body_of("fraud", late), FRAUD_SCHEMA, Kind.PREDICTIONS, "fraud", 100_000) is None
+    late = [dict(r) for r in records]
+    late[-1]["prediction"] = 1
+    assert read_records(body_of("fraud", late), FRAUD_SCHEMA, Kind.PREDICTIONS, "fraud", 100_000) is None
+    assert (
+        read_records(body_of("fraud", records), FRAUD_SCHEMA, Kind.PREDICTIONS, "fraud", 100_000) is not None
+    )
