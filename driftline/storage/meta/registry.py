@@ -28,6 +28,7 @@ from driftline.schema import (
     check_name,
 )
 from driftline.storage.meta._sql import check_text, fresh, insert
+from driftline.storage.meta.alerting import AlertRule, AlertState, RetrainingTrigger
 from driftline.storage.meta.models import (
     Model,
     ModelVersion,
@@ -329,8 +330,16 @@ class ModelRepository:
         return _model_info(row, project, _versions_of(self._session, [row])[row.id])
 
     def delete(self, project: str, name: str) -> None:
-        """Delete the model, its versions and reference records (not its event tables)."""
-        _, row = _require_model(self._session, project, name)
+        """Delete the model and all that is about it (not its event tables).
+
+        Versions, reference records, monitor and retraining policy go with the model's
+        row; alerts, triggers and the rules that name this model alone are kept by name,
+        so they go here: a model registered again under the name starts clean, with no
+        alert of its predecessor still firing.
+        """
+        owner, row = _require_model(self._session, project, name)
+        for table in (AlertState, RetrainingTrigger, AlertRule):
+            self._session.execute(delete(table).where(table.project_id == owner.id, table.model == row.name))
         self._session.execute(delete(Model).where(Model.id == row.id))
         self._session.expunge(row)
 

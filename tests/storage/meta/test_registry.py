@@ -375,3 +375,47 @@ def test_reference_upload_refuses_bad_input(store: MetaStore) -> None:
             r.references.record_upload("other", "churn", "1", 10, "csv")
         assert r.references.get("default", "churn", "9") is None
         assert r.references.get("default", "nope", "1") is None
+
+
+def test_delete_model_takes_its_alerts_triggers_and_own_rules(store: MetaStore) -> None:
+    from sqlalchemy import func, select
+    from sqlalchemy.orm import Session
+
+    from driftline.storage.meta.alerting import AlertRule, AlertState, RetrainingTrigger
+
+    with store.repos() as r:
+        r.models.register("default", simple())
+        r.models.register("default", simple("other"))
+        own = r.rules.create("default", "churn drift", "churn", {"detector": "feature_drift"})
+        every = r.rules.create("default", "all drift", "*", {"detector": "feature_drift"})
+        assert own is not None and every is not None
+    with Session(store.engine) as s, s.begin():
+        project_id = s.scalars(select(AlertRule.project_id).where(AlertRule.id == own.id)).one()
+        for model, rule in (("churn", own.id), ("churn", every.id), ("other", every.id)):
+            s.add(
+                AlertState(
+                    rule_id=rule,
+                    project_id=project_id,
+                    model=model,
+                    series_hash=f"{model}{rule}",
+                    version="1",
+                    detector="feature_drift",
+                    metric="psi",
+                    feature="age",
+                    slice="",
+                    status="firing",
+                    severity="warning",
+                )
+            )
+            s.add(
+                RetrainingTrigger(
+                    project_id=project_id, model=model, episode=rule, state="proposed", evidence_json="{}"
+                )
+            )
+    with store.repos() as r:
+        r.models.delete("default", "churn")
+    with Session(store.engine) as s:
+        assert s.scalars(select(AlertState.model)).all() == ["other"]
+        assert s.scalars(select(RetrainingTrigger.model)).all() == ["other"]
+        assert s.scalars(select(AlertRule.name)).all() == ["all drift"]
+        assert s.scalar(select(func.count()).select_from(AlertState)) == 1
