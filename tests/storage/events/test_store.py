@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import date
 
 import numpy as np
@@ -190,3 +191,20 @@ def test_a_block_cut_off_between_index_and_rows_is_stored_once_on_retry(
     again = store.insert(Kind.PREDICTIONS, "default", SCHEMA, predictions(["a", "b"], [1, 1]))
     assert (again.inserted, again.duplicates) == (0, 2)
     assert store.counts("default", "fraud").predictions == 3
+
+
+def test_concurrent_inserts_of_overlapping_blocks_store_each_key_once(store: EventStore) -> None:
+    """Retries race with their originals: each request id is checked and stored as one step."""
+    blocks = [predictions([f"c{i}" for i in range(k * 50, k * 50 + 100)]) for k in range(6)]
+    results: list[int] = []
+
+    def run(block: pa.Table) -> None:
+        results.append(store.insert(Kind.PREDICTIONS, "default", SCHEMA, block).inserted)
+
+    threads = [threading.Thread(target=run, args=(b,)) for b in blocks]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(results) == 350
+    assert store.counts("default", "fraud").predictions == 350
