@@ -2,7 +2,7 @@
 the stored rows are exactly the acknowledged ones.
 
 Why this can go wrong: a block being inserted when the server dies may be half written (one
-daily partition committed, the next not), the id index is written after the rows, and the API
+daily partition committed, the next not), the id index is written before the rows, and the API
 falls back from a direct insert to the spool. Only the idempotent insert, keyed by
 (request_id, version), keeps a replay from adding a row twice.
 """
