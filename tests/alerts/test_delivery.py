@@ -405,8 +405,12 @@ def test_a_waiting_notification_goes_to_the_channels_current_url(settings: Setti
         wait_outbox(api, lambda items: items and items[0]["attempts"] >= 1 and items[0]["state"] == "pending")
         ok(api.patch("/v1/channels/hook", json={"url": hook.url}))
         (got,) = hook.wait_requests(1, timeout=10)
-        wait_outbox(api, lambda items: items[0]["state"] == "delivered")
-        assert got.headers["x-driftline-attempt"] == "2"
+        (item,) = wait_outbox(api, lambda items: items[0]["state"] == "delivered")
+        # the first attempt failed at the old URL; on a slow machine a retry may have too
+        # before the patch landed: whichever attempt came after it reached the new URL
+        attempt = int(got.headers["x-driftline-attempt"])
+        assert attempt >= 2
+        assert item["attempts"] == attempt
 
 
 def test_timing_of_backoff_is_exponential_and_capped() -> None:
