@@ -15,6 +15,7 @@ stops at the first unexpected bracket instead of descending into it.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -24,33 +25,24 @@ from driftline.schema import FeatureKind, ModelSchema, Task
 from driftline.storage.events import Kind
 
 # Fields each kind of record may carry, besides features and metadata.
+_PREDICTION_FIELDS = (
+    "request_id",
+    "version",
+    "timestamp",
+    "prediction",
+    "score",
+    "scores",
+    "latency_ms",
+    "timings",
+    "status",
+    "error",
+)
 FIELDS: dict[Kind, tuple[str, ...]] = {
-    Kind.PREDICTIONS: (
-        "request_id",
-        "version",
-        "timestamp",
-        "prediction",
-        "score",
-        "scores",
-        "latency_ms",
-        "timings",
-        "status",
-        "error",
-    ),
+    Kind.PREDICTIONS: _PREDICTION_FIELDS,
     Kind.LABELS: ("request_id", "label", "timestamp"),
     Kind.FEEDBACK: ("request_id", "outcome", "reviewer", "label", "comment", "timestamp"),
-    Kind.REFERENCE: (
-        "request_id",
-        "timestamp",
-        "prediction",
-        "score",
-        "scores",
-        "latency_ms",
-        "timings",
-        "status",
-        "error",
-        "label",
-    ),
+    # a reference row is a prediction of a known version, with its label
+    Kind.REFERENCE: (*(f for f in _PREDICTION_FIELDS if f != "version"), "label"),
 }
 INPUT_TYPES = {
     FeatureKind.NUMERIC: pa.float64(),
@@ -118,34 +110,53 @@ def _stages(body: bytes) -> list[str] | None:
     return None
 
 
-def record_type(body: bytes, schema: ModelSchema, kind: Kind) -> pa.StructType | None:
-    """The type every record must have, or None when a field's first value rules the reader out."""
-    body = body[:SNIFF_BYTES]
+def struct_of(
+    schema: ModelSchema, fields: tuple[str, ...], typed: Mapping[str, pa.DataType | None]
+) -> pa.StructType | None:
+    """The Arrow type of a record carrying `fields`.
+
+    `typed` gives the types that depend on the batch: of the fields that may be text or
+    number, and of timings (no member when absent). None when one of those is None,
+    that is, when the batch rules Arrow's one-pass conversion out.
+    """
     members: list[tuple[str, pa.DataType]] = [
         ("features", pa.struct([(f.name, INPUT_TYPES[f.kind]) for f in schema.features])),
         ("metadata", pa.struct([(m.name, INPUT_TYPES[m.kind]) for m in schema.metadata])),
     ]
-    for name in FIELDS[kind]:
-        if name in SNIFFED:
-            typ = _sniff(body, name)
+    for name in fields:
+        if name in SNIFFED or name == "timings":
+            if name not in typed:
+                continue
+            typ = typed[name]
             if typ is None:
                 return None
-            if name != "timestamp" and schema.task is Task.REGRESSION and pa.types.is_integer(typ):
+            if (
+                name in ("prediction", "label")
+                and schema.task is Task.REGRESSION
+                and pa.types.is_integer(typ)
+            ):
                 typ = pa.float64()
             members.append((name, typ))
         elif name in ("score", "latency_ms"):
             members.append((name, pa.float64()))
         elif name == "scores":
             members.append((name, pa.struct([(c, pa.float64()) for c in schema.classes])))
-        elif name == "timings":
-            stages = _stages(body) if b'"timings"' in body else []
-            if stages is None:
-                return None
-            if stages:
-                members.append((name, pa.struct([(st, pa.float64()) for st in stages])))
         else:
             members.append((name, pa.string()))
     return pa.struct(members)
+
+
+def record_type(body: bytes, schema: ModelSchema, kind: Kind) -> pa.StructType | None:
+    """The type every record of the body must have, typed off its first bytes."""
+    head, fields = body[:SNIFF_BYTES], FIELDS[kind]
+    typed: dict[str, pa.DataType | None] = {name: _sniff(head, name) for name in SNIFFED if name in fields}
+    if "timings" in fields and b'"timings"' in head:
+        stages = _stages(head)
+        if stages is None:
+            typed["timings"] = None
+        elif stages:  # a first `{}`: no member, so records that do have stages are refused
+            typed["timings"] = pa.struct([(st, pa.float64()) for st in stages])
+    return struct_of(schema, fields, typed)
 
 
 def read_records(

@@ -8,7 +8,7 @@ are checked by the same rules.
 from __future__ import annotations
 
 import math
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -32,7 +32,7 @@ from driftline.ingest.columns import (
     strings,
     timestamps,
 )
-from driftline.ingest.json_arrow import INPUT_TYPES
+from driftline.ingest.json_arrow import SNIFFED, struct_of
 from driftline.schema import (
     RESERVED_FIELDS,
     SCORE_PREFIX,
@@ -159,7 +159,7 @@ class JsonSource:
         return np.array(rows, dtype=np.int64), stages, values
 
 
-def _sniff(records: list[Any], key: str) -> pa.DataType | None:
+def _sniff(records: list[Any], key: str) -> pa.DataType:
     """The Arrow type of a field that may be text or number, from its first value."""
     for r in records[:64]:
         v = r.get(key) if type(r) is dict else None
@@ -183,23 +183,13 @@ def fast_json_source(records: list[Any], schema: ModelSchema, fields: tuple[str,
     """
     if not records:
         return None
-    members: list[tuple[str, pa.DataType]] = [
-        ("features", pa.struct([(f.name, INPUT_TYPES[f.kind]) for f in schema.features if f.stored])),
-        ("metadata", pa.struct([(m.name, INPUT_TYPES[m.kind]) for m in schema.metadata if m.stored])),
-    ]
-    for name in fields:
-        if name in ("timestamp", "prediction", "label"):
-            members.append((name, _sniff(records, name)))
-        elif name in ("score", "latency_ms"):
-            members.append((name, pa.float64()))
-        elif name == "scores":
-            members.append((name, pa.struct([(c, pa.float64()) for c in schema.classes])))
-        elif name == "timings":
-            members.append((name, pa.map_(pa.string(), pa.float64())))
-        else:
-            members.append((name, pa.string()))
+    typed = {name: _sniff(records, name) for name in SNIFFED if name in fields}
+    typed["timings"] = pa.map_(pa.string(), pa.float64())
+    record = struct_of(schema, fields, typed)
+    if record is None:
+        return None
     try:
-        arr = pa.array(records, type=pa.struct(members))
+        arr = pa.array(records, type=record)
     except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
         return None
     if arr.null_count:
@@ -263,15 +253,7 @@ class StructSource:
             return np.zeros(0, dtype=np.int64), [], []
         if pa.types.is_struct(col.type):
             # typed by the stages of the first record that had timings (see json_arrow)
-            present: list[np.ndarray] = []
-            stages: list[Any] = []
-            values: list[pa.Array] = []
-            for i in range(col.type.num_fields):
-                child = col.field(i)
-                present.append(np.flatnonzero(~nulls(child)))
-                stages.extend([col.type.field(i).name] * len(present[-1]))
-                values.append(child.drop_null())
-            return np.concatenate(present), stages, pa.concat_arrays(values).to_pylist()
+            return _stage_columns((col.type.field(i).name, col.field(i)) for i in range(col.type.num_fields))
         offsets = np.asarray(col.offsets.to_numpy(zero_copy_only=False), dtype=np.int64)
         counts = np.diff(offsets)
         rows = np.repeat(np.arange(self.n, dtype=np.int64), counts)
@@ -315,16 +297,26 @@ class ArrowSource:
         return []
 
     def timings(self) -> tuple[np.ndarray, list[Any], list[Any]]:
-        rows, stages, values = [], [], []
-        for name in self.table.column_names:
-            if not name.startswith(TIMING_PREFIX):
-                continue
-            present = np.flatnonzero(~nulls(self.table.column(name)))
-            rows.append(present)
-            stages.extend([name[len(TIMING_PREFIX) :]] * len(present))
-            values.extend(self.table.column(name).take(pa.array(present)).to_pylist())
-        all_rows = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
-        return all_rows, stages, values
+        return _stage_columns(
+            (name[len(TIMING_PREFIX) :], self.table.column(name))
+            for name in self.table.column_names
+            if name.startswith(TIMING_PREFIX)
+        )
+
+
+def _stage_columns(
+    columns: Iterable[tuple[str, pa.Array | pa.ChunkedArray]],
+) -> tuple[np.ndarray, list[Any], list[Any]]:
+    """(row, stage, ms) of every value of columns that each hold one stage's times."""
+    rows: list[np.ndarray] = []
+    stages: list[Any] = []
+    values: list[Any] = []
+    for stage, col in columns:
+        present = np.flatnonzero(~nulls(col))
+        rows.append(present)
+        stages.extend([stage] * len(present))
+        values.extend(col.drop_null().to_pylist())
+    return (np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)), stages, values
 
 
 # -- shared pieces ------------------------------------------------------------------------
