@@ -186,7 +186,8 @@ def test_each_scheduled_window_is_detected_once(deployment: Deployment) -> None:
             meta.dispose()
         time.sleep(3)  # ten more sweeps on each replica: nothing is due, nothing runs again
         pids = {str(r.pid) for r in d.replicas}
-        assert holders <= pids and len(holders) >= 2, (holders, pids)  # the work was shared
+        # leases are held by replicas only; which ones is a race (one sweep may take every model)
+        assert holders <= pids, (holders, pids)
 
         for name in MODELS:
             runs = runs_per_window(d, name)
