@@ -420,39 +420,35 @@ def _typed_values(
     return arr
 
 
-def _arrow_array(raw: Raw) -> pa.Array | None:
-    if isinstance(raw, pa.ChunkedArray):
-        return raw.combine_chunks()
-    return raw if isinstance(raw, pa.Array) else None
-
-
-def _typed_fast(spec: FeatureSpec | MetadataField, raw: Raw, dq: Violations) -> pa.Array | None:
-    """The column as it came when Arrow already typed it right: no per-value work at all."""
-    arr = _arrow_array(raw)
-    if arr is None:
+def _typed_fast(
+    spec: FeatureSpec | MetadataField, raw: Raw, dq: Violations
+) -> pa.Array | pa.ChunkedArray | None:
+    """The column as it came when Arrow already typed it right: no per-value work, and the
+    chunks of a bulk table are kept as they are (no copy)."""
+    if not isinstance(raw, (pa.Array, pa.ChunkedArray)):
         return None
+    arr = raw
     nullable = getattr(spec, "nullable", True)
     if spec.kind is FeatureKind.NUMERIC and (pa.types.is_floating(arr.type) or pa.types.is_integer(arr.type)):
         arr = arr.cast(pa.float64())
-        values = arr.to_numpy(zero_copy_only=False)
-        finite = np.isfinite(values)
-        if not finite.all() and (~finite).sum() != arr.null_count:
+        if pc.sum(pc.invert(pc.is_finite(arr))).as_py():
             return None  # NaN or inf among the values: the checking path reports them
         if not nullable and arr.null_count:
-            dq.add(~finite, spec.name, "missing")
+            dq.add(nulls(arr), spec.name, "missing")
         rng = getattr(spec, "range", None)
         if rng is not None:
-            with np.errstate(invalid="ignore"):
-                dq.add((values < rng[0]) | (values > rng[1]), spec.name, "range")
+            outside = pc.or_(pc.less(arr, rng[0]), pc.greater(arr, rng[1])).fill_null(False)
+            dq.add(np.asarray(outside.to_numpy(zero_copy_only=False), dtype=bool), spec.name, "range")
         return arr
     if spec.kind is FeatureKind.BOOLEAN and pa.types.is_boolean(arr.type):
         if not nullable and arr.null_count:
             dq.add(nulls(arr), spec.name, "missing")
         return arr.cast(pa.uint8())
+    chunks = arr.chunks if isinstance(arr, pa.ChunkedArray) else [arr]
     if (
         spec.kind is FeatureKind.CATEGORICAL
         and pa.types.is_string(arr.type)
-        and len(arr.buffers()[2] or b"") <= MAX_STRING
+        and all(len(c.buffers()[2] or b"") <= MAX_STRING for c in chunks)
     ):
         if not nullable and arr.null_count:
             dq.add(nulls(arr), spec.name, "missing")
@@ -462,7 +458,7 @@ def _typed_fast(spec: FeatureSpec | MetadataField, raw: Raw, dq: Violations) -> 
 
 def _input_column(
     spec: FeatureSpec | MetadataField, raw: Raw | None, n: int, dq: Violations, hasher: PiiHasher
-) -> pa.Array:
+) -> pa.Array | pa.ChunkedArray:
     name = spec.name
     nullable = getattr(spec, "nullable", True)
     if raw is None:
@@ -505,8 +501,10 @@ def _input_column(
     return arr
 
 
-def _inputs(schema: ModelSchema, src: Source, dq: Violations, hasher: PiiHasher) -> dict[str, pa.Array]:
-    out: dict[str, pa.Array] = {}
+def _inputs(
+    schema: ModelSchema, src: Source, dq: Violations, hasher: PiiHasher
+) -> dict[str, pa.Array | pa.ChunkedArray]:
+    out: dict[str, pa.Array | pa.ChunkedArray] = {}
     for f in schema.features:
         if f.stored:
             out[FEATURE_PREFIX + f.name] = _input_column(f, src.feature(f.name), src.n, dq, hasher)

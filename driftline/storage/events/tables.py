@@ -129,7 +129,7 @@ def arrow_schema(kind: Kind, schema: ModelSchema) -> pa.Schema:
 
 _ENGINES = {
     # rows of one hour and version lie together: summaries aggregate them in order, run by run
-    Kind.PREDICTIONS: "MergeTree PARTITION BY toYYYYMMDD(ts) ORDER BY (toStartOfHour(ts), version, request_id)",
+    Kind.PREDICTIONS: "MergeTree PARTITION BY toYYYYMMDD(ts) ORDER BY (toStartOfHour(ts), version)",
     Kind.LABELS: "MergeTree PARTITION BY toYYYYMMDD(ts) ORDER BY request_id",
     Kind.FEEDBACK: "MergeTree PARTITION BY toYYYYMMDD(ts) ORDER BY (request_id, reviewer)",
     Kind.REFERENCE: "MergeTree PARTITION BY version ORDER BY row",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from datetime import date
+from datetime import UTC, date, datetime
 
 import numpy as np
 import pyarrow as pa
@@ -167,6 +167,28 @@ def test_the_same_request_scored_by_two_versions_is_two_rows(store: EventStore) 
     assert store.insert(Kind.PREDICTIONS, "default", SCHEMA, shadow).duplicates == 2
     row = store.get_prediction("default", SCHEMA, "req-1", "v1")
     assert row is not None and row["version"] == "v1" and sorted(row["versions"]) == ["v1", "v2"]
+
+
+def test_a_prediction_is_found_through_the_id_index_and_without_it(store: EventStore) -> None:
+    """Rows are ordered by hour, not by id: the index gives their time. Rows the index does not
+    know (older than it) and ids the index holds without rows (a write cut short, then sent
+    again at another time) are still found."""
+    store.insert(Kind.PREDICTIONS, "default", SCHEMA, predictions(["indexed", "x"], [0, 2]))
+    names = store.names("default", "fraud")
+    store.engine.insert_columns(names(Kind.PREDICTIONS), predictions(["unindexed"], [1]))
+    orphan = predictions(["moved"], [5])
+    store.engine.insert_columns(names.ids(), orphan.select(["request_id", "version", "ts"]))
+    store.engine.insert_columns(names(Kind.PREDICTIONS), predictions(["moved"], [9]))
+    for rid, day in (("indexed", 0), ("unindexed", 1), ("moved", 9)):
+        row = store.get_prediction("default", SCHEMA, rid)
+        assert row is not None and row["request_id"] == rid, rid
+        assert row["timestamp"].startswith(_day(day)), (rid, row["timestamp"])
+    assert store.get_prediction("default", SCHEMA, "nowhere") is None
+    assert store.get_prediction("default", SCHEMA, "indexed", "v9") is None
+
+
+def _day(offset: int) -> str:
+    return datetime.fromtimestamp(1_780_000_000 + offset * 86_400, tz=UTC).date().isoformat()
 
 
 def test_a_block_cut_off_between_index_and_rows_is_stored_once_on_retry(
