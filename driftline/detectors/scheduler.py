@@ -131,6 +131,12 @@ class LeaseLost(DriftlineError):
     status_code = 409
 
 
+class ConfigChanged(DriftlineError):
+    """The monitor was reconfigured during a run: stop without moving the watermark."""
+
+    status_code = 409
+
+
 class DetectionJobs:
     """The scheduled work itself, free of APScheduler so tests call it with their own clock."""
 
@@ -264,7 +270,11 @@ class DetectionJobs:
                 with self.meta.repos() as repos:
                     if not repos.leases.renew(lease_name(ref.model_id), self.owner, self.lease_seconds):
                         raise LeaseLost(f"the lease on model {ref.model!r} passed to another worker")
-                    repos.monitors.advance(ref.model_id, hi)
+                    if not repos.monitors.advance(ref.model_id, hi, record.config):
+                        raise ConfigChanged(
+                            f"the monitor of model {ref.model!r} changed during the run; "
+                            "its windows are detected again under the new one"
+                        )
                 lo = hi
             # keep the summaries of the still-open window current, so each closed bucket is summarised once
             if todo.end < now and not self.stopping.is_set():
@@ -275,7 +285,7 @@ class DetectionJobs:
                 run.buckets_summarised += self.runner.perf.summarize(
                     ref.project, info.schema, lo, int(now), now=now
                 )
-        except LeaseLost as exc:
+        except (LeaseLost, ConfigChanged) as exc:
             log.warning("%s", exc.message, extra={"project": ref.project, "model": ref.model})
             run.status = "busy"
             run.errors.append(exc.message)

@@ -179,11 +179,13 @@ def test_monitor_records(meta: MetaStore) -> None:
             r.monitors.get("default", "nope")
     config = parse_monitor({"window": "1h", "detectors": [{"kind": KIND}]}).model_dump(mode="json")
     with meta.repos() as r:
-        r.monitors.advance(info.id, 1000)
+        assert r.monitors.advance(info.id, 1000, None)
         stored = r.monitors.put("default", "fraud", config)
     assert stored.config == config and stored.watermark == 1000  # a new config keeps the state
     with meta.repos() as r:
-        r.monitors.advance(info.id, 500)  # never back
+        assert r.monitors.advance(info.id, 500, config)  # never back
+        # a run made under the old config does not move the watermark of the new one
+        assert not r.monitors.advance(info.id, 5000, None)
         r.monitors.record_run(info.id, 1_780_000_000.5, "x" * 10_000)
     with meta.repos(readonly=True) as r:
         state = r.monitors.state(info.id)
@@ -193,6 +195,13 @@ def test_monitor_records(meta: MetaStore) -> None:
     with meta.repos() as r:
         reset = r.monitors.reset("default", "fraud")
     assert reset.config is None and reset.watermark == 1000 and not monitor_of(reset).stored
+    with meta.repos() as r:  # another window length: the state starts again
+        restarted = r.monitors.put("default", "fraud", config, restart=True)
+    assert restarted.watermark is None and restarted.last_run_at is None and restarted.last_error is None
+    with meta.repos() as r:
+        assert r.monitors.advance(info.id, 2000, config)
+        back = r.monitors.reset("default", "fraud", restart=True)
+    assert back.config is None and back.watermark is None
     # the model goes: its monitor goes with it
     with meta.repos() as r:
         r.models.delete("default", "fraud")

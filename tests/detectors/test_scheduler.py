@@ -243,6 +243,68 @@ def test_catch_up_detects_each_window_once(stack: Settings) -> None:
         assert watermark(api) == iso_day(12)
 
 
+def test_a_new_window_length_detects_every_new_window(stack: Settings) -> None:
+    """A watermark counts in the windows it was made with: daily windows done up to midnight
+    say nothing of the hourly windows before it, quiet hours included."""
+    with Api(create_app(quiet(stack))) as api:
+        register(api, MONITOR)
+        ingest_days(api, range(2, 3), base=T0 - 5 * HOUR)  # the last five hours of day 2 are quiet
+        api.flush()
+        jobs = jobs_for(api)
+        (run,) = jobs.sweep(now=T0 + 3 * DAY + 1800)  # just after midnight, daily windows
+        assert run.status == "done" and watermark(api) == iso_day(3)
+        hourly = {**MONITOR, "window": "1h", "schedule": "1h", "lookback": "1d"}
+        r = api.put("/v1/models/fraud/monitors", json=hourly)
+        assert r.status_code == 200, r.text
+        assert r.json()["state"]["watermark"] is None
+        with _calls_lock:
+            CALLS.clear()
+        (run,) = jobs.sweep(now=T0 + 3 * DAY + 1800)
+        assert (run.status, run.errors) == ("done", [])
+        hours = range(T0 + 2 * DAY, T0 + 3 * DAY, HOUR)  # the lookback: the day before
+        assert detected() == {h: 1 for h in hours}
+        # the same length again (another threshold): the state is kept, nothing is redone
+        r = api.put("/v1/models/fraud/monitors", json={**hourly, "delay": "1m"})
+        assert r.status_code == 200 and r.json()["state"]["watermark"] == iso_day(3)
+        assert jobs.sweep(now=T0 + 3 * DAY + 1900)[0].windows == 0
+        assert detected() == {h: 1 for h in hours}
+
+
+def test_a_monitor_changed_during_a_run_keeps_the_watermark(stack: Settings) -> None:
+    """Results written under the old config do not count as the new one's: the windows are detected again."""
+    slow = {**MONITOR, "detectors": [{"kind": KIND, "sleep": 1.0}]}
+    with Api(create_app(quiet(stack))) as api:
+        register(api, slow)
+        ingest_days(api, range(3))
+        api.flush()
+        jobs = jobs_for(api)
+        runs: list[Any] = []
+        sweep = threading.Thread(target=lambda: runs.extend(jobs.sweep(now=T0 + 3 * DAY + 1800)))
+        sweep.start()
+        state = state_of(api)
+        with state.meta.repos(readonly=True) as repos:
+            (ref,) = repos.monitors.models()
+
+        def leased() -> bool:
+            with state.meta.repos(readonly=True) as repos:
+                lease = repos.leases.get(lease_name(ref.model_id))
+            return lease is not None and lease.owner is not None
+
+        deadline = time.monotonic() + 30
+        while not leased() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.3)  # past the run's own read of the monitor, inside the detector's second
+        r = api.put("/v1/models/fraud/monitors", json={**MONITOR, "delay": "1m"})
+        assert r.status_code == 200, r.text
+        sweep.join(60)
+        (run,) = runs
+        assert run.status == "busy" and "changed during the run" in run.errors[0]
+        assert watermark(api) is None
+        (run,) = jobs.sweep(now=T0 + 3 * DAY + 1900)
+        assert (run.status, run.windows) == ("done", 2) and watermark(api) == iso_day(3)
+        assert detected() == {T0 + DAY: 2, T0 + 2 * DAY: 2}
+
+
 def test_late_rows_and_labels_restate_their_window_only(stack: Settings) -> None:
     with Api(create_app(quiet(stack))) as api:
         register(api, MONITOR)

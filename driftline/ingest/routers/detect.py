@@ -10,10 +10,11 @@ from pydantic import BaseModel, Field
 from driftline.detectors.base import DetectorConfig
 from driftline.detectors.monitors import Monitor, MonitorConfig, iso, monitor_of, parse_duration, parse_time
 from driftline.detectors.scheduler import detect, detect_range
-from driftline.errors import InvalidInput, Unavailable
+from driftline.errors import DriftlineError, InvalidInput, Unavailable
 from driftline.ingest.api_models import ErrorOut
 from driftline.ingest.deps import AdminKey, ReadKey, State
 from driftline.ingest.metric_reads import MetricsSelect, encode, read_items, split_values
+from driftline.storage.meta.monitors import MonitorRecord
 
 router = APIRouter(prefix="/v1/models", tags=["detection"])
 
@@ -136,8 +137,17 @@ def put_monitor(body: MonitorConfig, state: State, key: AdminKey, model: str = M
     info = state.models.get(key.project, model, fresh=True)
     body.check_schema(info.schema)
     with state.meta.repos() as repos:
-        record = repos.monitors.put(key.project, model, body.model_dump(mode="json"))
+        restart = _window_of(repos.monitors.get(key.project, model)) != body.window_seconds
+        record = repos.monitors.put(key.project, model, body.model_dump(mode="json"), restart=restart)
     return _monitor_out(monitor_of(record))
+
+
+def _window_of(record: MonitorRecord) -> int | None:
+    """The window length the model's watermark counts in (None when its stored config is broken)."""
+    try:
+        return monitor_of(record).config.window_seconds
+    except DriftlineError:
+        return None
 
 
 @router.delete(
@@ -148,7 +158,8 @@ def put_monitor(body: MonitorConfig, state: State, key: AdminKey, model: str = M
 )
 def reset_monitor(state: State, key: AdminKey, model: str = ModelPath) -> MonitorOut:
     with state.meta.repos() as repos:
-        record = repos.monitors.reset(key.project, model)
+        restart = _window_of(repos.monitors.get(key.project, model)) != MonitorConfig().window_seconds
+        record = repos.monitors.reset(key.project, model, restart=restart)
     return _monitor_out(monitor_of(record))
 
 

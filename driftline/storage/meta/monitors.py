@@ -143,22 +143,29 @@ class MonitorRepository:
         _, found = _require_model(self._session, project, model)
         return _record(project, found, self._row(found.id))
 
-    def put(self, project: str, model: str, config: dict[str, Any]) -> MonitorRecord:
-        """Store a validated config; the detection state (watermark) is kept."""
+    def put(
+        self, project: str, model: str, config: dict[str, Any], *, restart: bool = False
+    ) -> MonitorRecord:
+        """Store a validated config; the detection state (watermark) is kept unless `restart`
+        (a new window length: a watermark counted in the old windows says nothing of the new)."""
         _, found = _require_model(self._session, project, model)
         row = self._ensure_row(found.id)
         row.config_json = json.dumps(config, sort_keys=True, separators=(",", ":"))
         row.updated_at = utcnow()
+        if restart:
+            _restart(row)
         self._session.flush()
         return _record(project, found, row)
 
-    def reset(self, project: str, model: str) -> MonitorRecord:
-        """Back to the defaults; the detection state is kept."""
+    def reset(self, project: str, model: str, *, restart: bool = False) -> MonitorRecord:
+        """Back to the defaults; the detection state is kept unless `restart` (see `put`)."""
         _, found = _require_model(self._session, project, model)
         row = self._row(found.id)
-        if row is not None and row.config_json is not None:
+        if row is not None and (row.config_json is not None or restart):
             row.config_json = None
             row.updated_at = utcnow()
+            if restart:
+                _restart(row)
             self._session.flush()
         return _record(project, found, row)
 
@@ -183,12 +190,20 @@ class MonitorRepository:
         )
         return [ModelRef(model_id=i, project=p, model=m) for i, p, m in rows]
 
-    def advance(self, model_id: int, watermark: int) -> None:
-        """Move the watermark forward (never back): the windows up to it have their results written."""
+    def advance(self, model_id: int, watermark: int, config: dict[str, Any] | None) -> bool:
+        """Move the watermark forward (never back): the windows up to it have their results written.
+
+        Only while the stored config is still `config`, the one the windows were detected
+        with; False when it changed meanwhile (the windows are detected again under it).
+        """
         row = self._ensure_row(model_id)
+        stored = None if row.config_json is None else json.loads(row.config_json)
+        if stored != config:
+            return False
         if row.watermark is None or row.watermark < watermark:
             row.watermark = watermark
             self._session.flush()
+        return True
 
     def record_run(self, model_id: int, ran_at: float, error: str | None) -> None:
         """Remember when the scheduler last ran the model (its clock) and how it went."""
@@ -196,6 +211,12 @@ class MonitorRepository:
         row.last_run_at = datetime.fromtimestamp(ran_at, UTC)
         row.last_error = None if error is None else error[:ERROR_MAX_LENGTH]
         self._session.flush()
+
+
+def _restart(row: Monitor) -> None:
+    row.watermark = None
+    row.last_run_at = None
+    row.last_error = None
 
 
 @dataclass(frozen=True)
