@@ -224,6 +224,14 @@ class Summarizer:
             if slices
             else "''"
         )
+        # the rows each bucket holds, counted before the summaries are written: a row arriving
+        # meanwhile may or may not be in them, so the ledger must not vouch for it (the bucket
+        # then looks stale and is summarised again), as a count taken afterwards would
+        seen = self.engine.query_columns(
+            f"SELECT version, {slice_expr} AS slice, toUInt32({src.bucket_expr}) AS bucket, count() AS rows, "
+            f"toUInt32(max(ts)) AS last_ts FROM {src.table} WHERE {src.where} GROUP BY version, slice, bucket",
+            src.params,
+        )
         cols = numeric_columns(schema)
         arrays = ["[" + ", ".join(f"'{name}'" for name, _ in cols) + "] AS names"]
         sampled = src.modulus != "1"
@@ -274,12 +282,20 @@ class Summarizer:
             + f") ORDER BY n DESC LIMIT {MAX_VALUES} BY version, slice, bucket, feature",
             {**src.params, "null": NULL},
         )
-        self.engine.execute(
-            f"INSERT INTO {ledger} (kind, version, slice, bucket, gen, rows, last_ts, info, created) "
-            f"SELECT '{src.kind}', version, {slice_expr} AS slice, {src.bucket_expr} AS bucket, {gen}, count(), "
-            f"max(ts), %(info)s, now() FROM {src.table} WHERE {src.where} GROUP BY version, slice, bucket",
-            {**src.params, "info": info if info is not None else _info(discrete, slices)},
-        )
+        if len(seen["rows"]):
+            self.engine.execute(
+                f"INSERT INTO {ledger} (kind, version, slice, bucket, gen, rows, last_ts, info, created) "
+                f"SELECT '{src.kind}', v, sl, toDateTime(b, 'UTC'), {gen}, r, toDateTime(t, 'UTC'), %(info)s, now() "
+                "FROM system.one ARRAY JOIN %(v)s AS v, %(sl)s AS sl, %(b)s AS b, %(r)s AS r, %(t)s AS t",
+                {
+                    "v": [str(x) for x in seen["version"]],
+                    "sl": [str(x) for x in seen["slice"]],
+                    "b": [int(x) for x in seen["bucket"]],
+                    "r": [int(x) for x in seen["rows"]],
+                    "t": [int(x) for x in seen["last_ts"]],
+                    "info": info if info is not None else _info(discrete, slices),
+                },
+            )
 
     def discrete_features(self, project: str, schema: ModelSchema) -> set[str]:
         """Numeric features that some reference of the model shows to take few values."""

@@ -76,3 +76,57 @@ def test_a_busy_hour_keeps_exact_moments_and_accurate_quantiles(event_engine: Ev
     assert sps.ks_2samp(values, np.interp(rng.random(20_000), LEVELS, window.q)).statistic < 0.02
     counts = got.categorical["c"].window(0)
     assert sum(counts.values()) == n
+
+
+def _rows(n: int, prefix: str, start: int, seed: int) -> pa.Table:
+    rng = np.random.default_rng(seed)
+    raw = pa.table(
+        {
+            "request_id": [f"{prefix}{i}" for i in range(n)],
+            "version": ["v1"] * n,
+            "timestamp": start + rng.integers(0, HOUR, n),
+            "x": rng.normal(0, 1, n),
+            "c": rng.choice(["a", "b"], n),
+            "score": rng.random(n),
+        }
+    )
+    return build_predictions(
+        SCHEMA,
+        ["v1"],
+        ArrowSource(raw),
+        RowErrors(),
+        now=T0 + 10 * HOUR,
+        max_future=0,
+        hasher=PiiHasher(b"k"),
+    ).table
+
+
+def test_rows_arriving_during_a_summary_pass_are_summarised_later(event_engine: EventEngine) -> None:
+    """The ledger vouches for the rows counted before the summaries were written: late rows that
+    land while they are written make the bucket stale, so the next pass takes them in."""
+    store = EventStore(event_engine)
+    store.ensure_model("default", SCHEMA)
+    store.insert(Kind.PREDICTIONS, "default", SCHEMA, _rows(300, "a", T0, 1))
+    summarizer = Summarizer(store)
+    real = event_engine.execute
+    landed: list[int] = []
+
+    def late_rows_after_numeric_states(sql: str, params: dict[str, object] | None = None) -> None:
+        real(sql, params)
+        if "INSERT INTO" in sql and "numsum" in sql and not landed:
+            landed.append(
+                store.insert(Kind.PREDICTIONS, "default", SCHEMA, _rows(40, "late", T0, 2)).inserted
+            )
+
+    event_engine.execute = late_rows_after_numeric_states  # type: ignore[method-assign]
+    try:
+        assert summarizer.summarize_buckets("default", SCHEMA, T0, T0 + HOUR, now=T0 + 10 * HOUR) == [T0]
+    finally:
+        event_engine.execute = real  # type: ignore[method-assign]
+    assert landed == [40]
+    # the late rows made the bucket stale: summarised again, all 340 rows in it
+    assert summarizer.summarize_buckets("default", SCHEMA, T0, T0 + HOUR, now=T0 + 10 * HOUR) == [T0]
+    got = summarizer.read("default", SCHEMA, kind="p", start=T0, end=T0 + HOUR, step=HOUR)["v1"]
+    assert int(got.rows[0]) == 340 and got.numeric["x"].window(0).n == 340
+    assert sum(got.categorical["c"].window(0).values()) == 340
+    assert summarizer.summarize_buckets("default", SCHEMA, T0, T0 + HOUR, now=T0 + 10 * HOUR) == []
