@@ -313,10 +313,12 @@ def load(
             "end": t.end,
         }
         if detect:
+            # closed days only, as the scheduler detects: the day in progress may hold a few
+            # night-time rows yet, too few to judge (the scheduler takes it when it closes)
             got = client._json(
                 "POST",
                 f"/v1/models/{MODEL}/detect",
-                json={"start": t.start, "end": t.end, "window": "1d"},
+                json={"start": t.start, "end": t.end // 86_400 * 86_400, "window": "1d"},
                 timeout=600,
             )
             result["detection"] = got

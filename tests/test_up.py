@@ -89,7 +89,7 @@ def test_demo_comes_up_loaded_alerts_and_stops_on_ctrl_c(tmp_path: Path) -> None
             ).json()["items"]
             days = sorted({r["window_start"] for r in rows})
             flagged = sorted({r["window_start"] for r in rows if r["alert"]})
-            assert len(days) >= 28, days
+            assert len(days) >= 27, days  # four weeks of traffic: the closed days before today
             # the first day is a whole quiet day; drift begins part-way and stays
             assert days[0] not in flagged and flagged and flagged[-1] == days[-1], (days, flagged)
             assert flagged[0] > days[len(days) // 3], flagged

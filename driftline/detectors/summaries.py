@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -213,7 +214,7 @@ class Summarizer:
         Slices ride along in the same scan: each row counts once overall (slice '') and once
         under `field=value` for every slice field, through arrayJoin before grouping.
         """
-        numsum, catsum, ledger = _tables(names)
+        ledger = _tables(names)[2]
         slice_expr = (
             "arrayJoin([''"
             + "".join(
@@ -227,11 +228,39 @@ class Summarizer:
         # the rows each bucket holds, counted before the summaries are written: a row arriving
         # meanwhile may or may not be in them, so the ledger must not vouch for it (the bucket
         # then looks stale and is summarised again), as a count taken afterwards would
-        seen = self.engine.query_columns(
-            f"SELECT version, {slice_expr} AS slice, toUInt32({src.bucket_expr}) AS bucket, count() AS rows, "
-            f"toUInt32(max(ts)) AS last_ts FROM {src.table} WHERE {src.where} GROUP BY version, slice, bucket",
-            src.params,
+        counted = f"`{names.database}`.`_ledger_{uuid.uuid4().hex}`"
+        self.engine.execute(
+            f"CREATE TABLE {counted} (version String, slice String, bucket DateTime('UTC'), rows UInt64, "
+            "last_ts DateTime('UTC')) ENGINE = Memory"
         )
+        try:
+            self.engine.execute(
+                f"INSERT INTO {counted} SELECT version, {slice_expr} AS slice, {src.bucket_expr} AS bucket, "
+                f"count(), max(ts) FROM {src.table} WHERE {src.where} GROUP BY version, slice, bucket",
+                src.params,
+            )
+            self._write_states(names, schema, src, gen, discrete, slices, slice_expr, live=live)
+            self.engine.execute(
+                f"INSERT INTO {ledger} (kind, version, slice, bucket, gen, rows, last_ts, info, created) "
+                f"SELECT '{src.kind}', version, slice, bucket, {gen}, rows, last_ts, %(info)s, now() FROM {counted}",
+                {"info": info if info is not None else _info(discrete, slices)},
+            )
+        finally:
+            self.engine.execute(f"DROP TABLE IF EXISTS {counted}")
+
+    def _write_states(
+        self,
+        names: TableNames,
+        schema: ModelSchema,
+        src: Source,
+        gen: int,
+        discrete: set[str],
+        slices: list[str],
+        slice_expr: str,
+        *,
+        live: bool,
+    ) -> None:
+        numsum, catsum, _ = _tables(names)
         cols = numeric_columns(schema)
         arrays = ["[" + ", ".join(f"'{name}'" for name, _ in cols) + "] AS names"]
         sampled = src.modulus != "1"
@@ -282,20 +311,6 @@ class Summarizer:
             + f") ORDER BY n DESC LIMIT {MAX_VALUES} BY version, slice, bucket, feature",
             {**src.params, "null": NULL},
         )
-        if len(seen["rows"]):
-            self.engine.execute(
-                f"INSERT INTO {ledger} (kind, version, slice, bucket, gen, rows, last_ts, info, created) "
-                f"SELECT '{src.kind}', v, sl, toDateTime(b, 'UTC'), {gen}, r, toDateTime(t, 'UTC'), %(info)s, now() "
-                "FROM system.one ARRAY JOIN %(v)s AS v, %(sl)s AS sl, %(b)s AS b, %(r)s AS r, %(t)s AS t",
-                {
-                    "v": [str(x) for x in seen["version"]],
-                    "sl": [str(x) for x in seen["slice"]],
-                    "b": [int(x) for x in seen["bucket"]],
-                    "r": [int(x) for x in seen["rows"]],
-                    "t": [int(x) for x in seen["last_ts"]],
-                    "info": info if info is not None else _info(discrete, slices),
-                },
-            )
 
     def discrete_features(self, project: str, schema: ModelSchema) -> set[str]:
         """Numeric features that some reference of the model shows to take few values."""
