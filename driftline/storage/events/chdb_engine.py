@@ -89,6 +89,20 @@ def arrow_to_columns(table: pa.Table) -> Columns:
     return out
 
 
+PARALLEL_INSERT_ROWS = 131_072
+
+
+def _parallel(rows: int) -> str:
+    """A big block is written as several parts at once: one part is written by one thread."""
+    if rows < 2 * PARALLEL_INSERT_ROWS:
+        return ""
+    return (
+        f" SETTINGS max_insert_threads = 2, max_block_size = {PARALLEL_INSERT_ROWS // 2}, "
+        f"max_insert_block_size = {PARALLEL_INSERT_ROWS}, min_insert_block_size_rows = 0, "
+        "min_insert_block_size_bytes = 0"
+    )
+
+
 class ChdbEngine:
     """ClickHouse embedded in this process; data under `path`, tables in `database`."""
 
@@ -124,7 +138,10 @@ class ChdbEngine:
         # chDB's Python() table function reads the local variable named here
         frame = data  # noqa: F841
         with _insert_lock:
-            self._run(f"INSERT INTO {table} ({names}) SELECT {names} FROM Python(frame)", "CSV")
+            self._run(
+                f"INSERT INTO {table} ({names}) SELECT {names} FROM Python(frame){_parallel(data.num_rows)}",
+                "CSV",
+            )
         return int(data.num_rows)
 
     def query_columns(self, sql: str, params: Mapping[str, Any] | None = None) -> Columns:

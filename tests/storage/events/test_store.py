@@ -169,6 +169,21 @@ def test_the_same_request_scored_by_two_versions_is_two_rows(store: EventStore) 
     assert row is not None and row["version"] == "v1" and sorted(row["versions"]) == ["v1", "v2"]
 
 
+def test_a_big_block_is_written_in_parallel_parts_each_row_once(store: EventStore) -> None:
+    """Blocks past a few hundred thousand rows are split into parts written at once on chDB."""
+    n = 300_000
+    ids = [f"big-{i}" for i in range(n)]
+    first = store.insert(Kind.PREDICTIONS, "default", SCHEMA, predictions(ids, [i % 3 for i in range(n)]))
+    assert (first.inserted, first.duplicates) == (n, 0)
+    again = store.insert(Kind.PREDICTIONS, "default", SCHEMA, predictions(ids[-1000:] + ["big-new"]))
+    assert (again.inserted, again.duplicates) == (1, 1000)
+    assert store.counts("default", "fraud").predictions == n + 1
+    got = store.engine.query_columns(
+        f"SELECT uniqExact(request_id) AS u FROM {store.names('default', 'fraud')(Kind.PREDICTIONS)}"
+    )
+    assert int(got["u"][0]) == n + 1
+
+
 def test_a_prediction_is_found_through_the_id_index_and_without_it(store: EventStore) -> None:
     """Rows are ordered by hour, not by id: the index gives their time. Rows the index does not
     know (older than it) and ids the index holds without rows (a write cut short, then sent
