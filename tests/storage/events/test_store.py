@@ -175,7 +175,7 @@ def test_a_big_block_is_written_in_parallel_parts_each_row_once(store: EventStor
     ids = [f"big-{i}" for i in range(n)]
     first = store.insert(Kind.PREDICTIONS, "default", SCHEMA, predictions(ids, [i % 3 for i in range(n)]))
     assert (first.inserted, first.duplicates) == (n, 0)
-    again = store.insert(Kind.PREDICTIONS, "default", SCHEMA, predictions(ids[-1000:] + ["big-new"]))
+    again = store.insert(Kind.PREDICTIONS, "default", SCHEMA, predictions([*ids[-1000:], "big-new"]))
     assert (again.inserted, again.duplicates) == (1, 1000)
     assert store.counts("default", "fraud").predictions == n + 1
     got = store.engine.query_columns(
