@@ -89,17 +89,19 @@ def arrow_to_columns(table: pa.Table) -> Columns:
     return out
 
 
-PARALLEL_INSERT_ROWS = 131_072
+PARALLEL_INSERT_ROWS = 262_144
+MAX_PART_ROWS = 1_048_576
 
 
 def _parallel(rows: int) -> str:
-    """A big block is written as several parts at once: one part is written by one thread."""
-    if rows < 2 * PARALLEL_INSERT_ROWS:
+    """A big block is written as two parts at once (one part is written by one thread): twice
+    the writers, and no more parts for the merges to fold than a big block makes anyway."""
+    if rows < PARALLEL_INSERT_ROWS:
         return ""
+    part = min(-(-rows // 2), MAX_PART_ROWS)
     return (
-        f" SETTINGS max_insert_threads = 2, max_block_size = {PARALLEL_INSERT_ROWS // 2}, "
-        f"max_insert_block_size = {PARALLEL_INSERT_ROWS}, min_insert_block_size_rows = 0, "
-        "min_insert_block_size_bytes = 0"
+        f" SETTINGS max_insert_threads = 2, max_block_size = {min(part, 65_536)}, "
+        f"max_insert_block_size = {part}, min_insert_block_size_rows = 0, min_insert_block_size_bytes = 0"
     )
 
 

@@ -170,7 +170,7 @@ def test_the_same_request_scored_by_two_versions_is_two_rows(store: EventStore) 
 
 
 def test_a_big_block_is_written_in_parallel_parts_each_row_once(store: EventStore) -> None:
-    """Blocks past a few hundred thousand rows are split into parts written at once on chDB."""
+    """A block of a few hundred thousand rows is written as two parts at once on chDB."""
     n = 300_000
     ids = [f"big-{i}" for i in range(n)]
     first = store.insert(Kind.PREDICTIONS, "default", SCHEMA, predictions(ids, [i % 3 for i in range(n)]))
