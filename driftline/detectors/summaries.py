@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -228,25 +227,23 @@ class Summarizer:
         # the rows each bucket holds, counted before the summaries are written: a row arriving
         # meanwhile may or may not be in them, so the ledger must not vouch for it (the bucket
         # then looks stale and is summarised again), as a count taken afterwards would
-        counted = f"`{names.database}`.`_ledger_{uuid.uuid4().hex}`"
-        self.engine.execute(
-            f"CREATE TABLE {counted} (version String, slice String, bucket DateTime('UTC'), rows UInt64, "
-            "last_ts DateTime('UTC')) ENGINE = Memory"
-        )
-        try:
+        with ddl.scratch_table(
+            self.engine,
+            names.database,
+            "ledger",
+            "version String, slice String, bucket DateTime('UTC'), rows UInt64, last_ts DateTime('UTC')",
+        ) as counted:
             self.engine.execute(
                 f"INSERT INTO {counted} SELECT version, {slice_expr} AS slice, {src.bucket_expr} AS bucket, "
                 f"count(), max(ts) FROM {src.table} WHERE {src.where} GROUP BY version, slice, bucket",
                 src.params,
             )
-            self._write_states(names, schema, src, gen, discrete, slices, slice_expr, live=live)
+            self._write_states(names, schema, src, gen, discrete, slice_expr, live=live)
             self.engine.execute(
                 f"INSERT INTO {ledger} (kind, version, slice, bucket, gen, rows, last_ts, info, created) "
                 f"SELECT '{src.kind}', version, slice, bucket, {gen}, rows, last_ts, %(info)s, now() FROM {counted}",
                 {"info": info if info is not None else _info(discrete, slices)},
             )
-        finally:
-            self.engine.execute(f"DROP TABLE IF EXISTS {counted}")
 
     def _write_states(
         self,
@@ -255,11 +252,11 @@ class Summarizer:
         src: Source,
         gen: int,
         discrete: set[str],
-        slices: list[str],
         slice_expr: str,
         *,
         live: bool,
     ) -> None:
+        """Numeric states, timings and value counts of one generation (the ledger comes after)."""
         numsum, catsum, _ = _tables(names)
         cols = numeric_columns(schema)
         arrays = ["[" + ", ".join(f"'{name}'" for name, _ in cols) + "] AS names"]

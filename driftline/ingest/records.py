@@ -444,11 +444,13 @@ def _typed_fast(
         if not nullable and arr.null_count:
             dq.add(nulls(arr), spec.name, "missing")
         return arr.cast(pa.uint8())
-    chunks = arr.chunks if isinstance(arr, pa.ChunkedArray) else [arr]
     if (
         spec.kind is FeatureKind.CATEGORICAL
         and pa.types.is_string(arr.type)
-        and all(len(c.buffers()[2] or b"") <= MAX_STRING for c in chunks)
+        and all(
+            len(c.buffers()[2] or b"") <= MAX_STRING
+            for c in (arr.chunks if isinstance(arr, pa.ChunkedArray) else [arr])
+        )
     ):
         if not nullable and arr.null_count:
             dq.add(nulls(arr), spec.name, "missing")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pytest
 from scipy import stats as sps
 
 from driftline.detectors.summaries import LEVELS, TDIGEST_ROWS, Summarizer, sample_modulus
@@ -45,18 +46,9 @@ def test_a_busy_hour_keeps_exact_moments_and_accurate_quantiles(event_engine: Ev
             "score": rng.random(n),
         }
     )
-    batch = build_predictions(
-        SCHEMA,
-        ["v1"],
-        ArrowSource(raw),
-        RowErrors(),
-        now=T0 + 10 * HOUR,
-        max_future=0,
-        hasher=PiiHasher(b"k"),
-    )
     store = EventStore(event_engine)
     store.ensure_model("default", SCHEMA)
-    store.insert(Kind.PREDICTIONS, "default", SCHEMA, batch.table)
+    store.insert(Kind.PREDICTIONS, "default", SCHEMA, _built(raw))
     summarizer = Summarizer(store)
     assert summarizer.summarize("default", SCHEMA, T0, T0 + HOUR, now=T0 + 10 * HOUR) == 1
     got = summarizer.read("default", SCHEMA, kind="p", start=T0, end=T0 + HOUR, step=HOUR)["v1"]
@@ -78,18 +70,8 @@ def test_a_busy_hour_keeps_exact_moments_and_accurate_quantiles(event_engine: Ev
     assert sum(counts.values()) == n
 
 
-def _rows(n: int, prefix: str, start: int, seed: int) -> pa.Table:
-    rng = np.random.default_rng(seed)
-    raw = pa.table(
-        {
-            "request_id": [f"{prefix}{i}" for i in range(n)],
-            "version": ["v1"] * n,
-            "timestamp": start + rng.integers(0, HOUR, n),
-            "x": rng.normal(0, 1, n),
-            "c": rng.choice(["a", "b"], n),
-            "score": rng.random(n),
-        }
-    )
+def _built(raw: pa.Table) -> pa.Table:
+    """Raw columns as ingest stores them."""
     return build_predictions(
         SCHEMA,
         ["v1"],
@@ -101,7 +83,25 @@ def _rows(n: int, prefix: str, start: int, seed: int) -> pa.Table:
     ).table
 
 
-def test_rows_arriving_during_a_summary_pass_are_summarised_later(event_engine: EventEngine) -> None:
+def _rows(n: int, prefix: str, start: int, seed: int) -> pa.Table:
+    rng = np.random.default_rng(seed)
+    return _built(
+        pa.table(
+            {
+                "request_id": [f"{prefix}{i}" for i in range(n)],
+                "version": ["v1"] * n,
+                "timestamp": start + rng.integers(0, HOUR, n),
+                "x": rng.normal(0, 1, n),
+                "c": rng.choice(["a", "b"], n),
+                "score": rng.random(n),
+            }
+        )
+    )
+
+
+def test_rows_arriving_during_a_summary_pass_are_summarised_later(
+    event_engine: EventEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The ledger vouches for the rows counted before the summaries were written: late rows that
     land while they are written make the bucket stale, so the next pass takes them in."""
     store = EventStore(event_engine)
@@ -118,11 +118,9 @@ def test_rows_arriving_during_a_summary_pass_are_summarised_later(event_engine: 
                 store.insert(Kind.PREDICTIONS, "default", SCHEMA, _rows(40, "late", T0, 2)).inserted
             )
 
-    event_engine.execute = late_rows_after_numeric_states  # type: ignore[method-assign]
-    try:
-        assert summarizer.summarize_buckets("default", SCHEMA, T0, T0 + HOUR, now=T0 + 10 * HOUR) == [T0]
-    finally:
-        event_engine.execute = real  # type: ignore[method-assign]
+    monkeypatch.setattr(event_engine, "execute", late_rows_after_numeric_states)
+    assert summarizer.summarize_buckets("default", SCHEMA, T0, T0 + HOUR, now=T0 + 10 * HOUR) == [T0]
+    monkeypatch.undo()
     assert landed == [40]
     # the late rows made the bucket stale: summarised again, all 340 rows in it
     assert summarizer.summarize_buckets("default", SCHEMA, T0, T0 + HOUR, now=T0 + 10 * HOUR) == [T0]

@@ -9,7 +9,9 @@ itself; ALTERs and partition drops go to the local tables, where the data lives.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from driftline.storage.events.engine import EventEngine
@@ -35,6 +37,18 @@ def nodes(engine: EventEngine) -> list[Any]:
 def clustered(engine: EventEngine) -> str | None:
     cluster = getattr(engine, "cluster", None)
     return str(cluster) if cluster else None
+
+
+@contextmanager
+def scratch_table(engine: EventEngine, database: str, prefix: str, body: str) -> Iterator[str]:
+    """A Memory table for the length of one operation, dropped after it, on this node only
+    (read it with GLOBAL IN on a cluster)."""
+    table = f"`{database}`.`_{prefix}_{uuid.uuid4().hex}`"
+    engine.execute(f"CREATE TABLE {table} ({body}) ENGINE = Memory")
+    try:
+        yield table
+    finally:
+        engine.execute(f"DROP TABLE IF EXISTS {table}")
 
 
 def create_table(

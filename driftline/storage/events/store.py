@@ -10,7 +10,6 @@ interrupted by a server crash can simply be sent again.
 from __future__ import annotations
 
 import threading
-import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
@@ -186,33 +185,24 @@ class EventStore:
         those ids (which also catches a resend with another timestamp).
         """
         target = names(kind)
-        staging = f"`{names.database}`.`_staging_{uuid.uuid4().hex}`"
-        self.engine.execute(f"CREATE TABLE {staging} (request_id String) ENGINE = Memory")
-        try:
+        with ddl.scratch_table(self.engine, names.database, "staging", "request_id String") as staging:
             # a request id repeated under another version only repeats in the set, which
             # costs less than hashing every id here
             self.engine.insert_columns(staging, block.select(["request_id"]))
             # GLOBAL: on a cluster the staging table lives on this node only
             in_block = f"request_id GLOBAL IN (SELECT request_id FROM {staging})"
             if kind is Kind.PREDICTIONS:
-                indexed = self.engine.query_columns(
-                    f"SELECT count() AS n, min(ts) AS lo, max(ts) AS hi FROM {names.ids()} WHERE {in_block}"
-                )
-                if not indexed["n"][0]:
+                indexed = self._indexed_times(names, in_block)
+                if indexed is None:
                     return pa.array([], pa.string())
                 got = self.engine.query_columns(
                     f"SELECT request_id, version FROM {target} WHERE ts >= %(lo)s AND ts <= %(hi)s AND {in_block}",
-                    {
-                        "lo": datetime.fromtimestamp(int(indexed["lo"][0]), tz=UTC),
-                        "hi": datetime.fromtimestamp(int(indexed["hi"][0]), tz=UTC),
-                    },
+                    indexed,
                 )
             else:
                 got = self.engine.query_columns(
                     f"SELECT {', '.join(_KEYS[kind])} FROM {target} WHERE {in_block}"
                 )
-        finally:
-            self.engine.execute(f"DROP TABLE IF EXISTS {staging}")
         if not len(got["request_id"]):
             return pa.array([], pa.string())
         found = pa.table({k: _arrow(got[k]) for k in _KEYS[kind]})
@@ -261,20 +251,22 @@ class EventStore:
         `version` picks one, else the latest received; `versions` lists them all.
         """
         names = self.names(project, schema.name)
-        where, params = self._located(names, request_id)
-        scored = rows(
-            self.engine.query_columns(
-                f"SELECT version FROM {names(Kind.PREDICTIONS)} WHERE {where} ORDER BY received DESC", params
-            )
-        )
-        if not scored and "lo" in params:  # the index knew the id, the rows not (a write cut short)
-            where, params = "request_id = %(rid)s", {"rid": request_id}
+        anywhere = "request_id = %(rid)s"
+        indexed = self._indexed_times(names, anywhere, {"rid": request_id})
+        params: dict[str, Any] = {"rid": request_id, **(indexed or {})}
+        # first where the id index puts it (rows are ordered by hour, not by id), then everywhere:
+        # rows older than the index, or an id the index holds without rows (a write cut short)
+        tries = [f"{anywhere} AND ts >= %(lo)s AND ts <= %(hi)s"] if indexed else []
+        scored: list[dict[str, Any]] = []
+        for where in [*tries, anywhere]:
             scored = rows(
                 self.engine.query_columns(
                     f"SELECT version FROM {names(Kind.PREDICTIONS)} WHERE {where} ORDER BY received DESC",
                     params,
                 )
             )
+            if scored:
+                break
         versions = [str(r["version"]) for r in scored]
         if not versions or (version is not None and version not in versions):
             return None
@@ -334,20 +326,17 @@ class EventStore:
             f.pop("ts", None)
         return record
 
-    def _located(self, names: TableNames, request_id: str) -> tuple[str, dict[str, Any]]:
-        """Where a request's prediction rows lie: the id index, ordered by request_id, gives their
-        times, so the rows (ordered by hour) are read from those partitions and hours only. An id
-        the index does not know (rows older than the index) is searched for everywhere."""
-        where = "request_id = %(rid)s"
-        params: dict[str, Any] = {"rid": request_id}
-        at = self.engine.query_columns(
-            f"SELECT min(ts) AS lo, max(ts) AS hi, count() AS n FROM {names.ids()} WHERE {where}", params
+    def _indexed_times(
+        self, names: TableNames, condition: str, params: dict[str, Any] | None = None
+    ) -> dict[str, datetime] | None:
+        """The time range (`lo`, `hi`) the id index records for the ids matching `condition`;
+        None when it holds none of them."""
+        got = self.engine.query_columns(
+            f"SELECT count() AS n, min(ts) AS lo, max(ts) AS hi FROM {names.ids()} WHERE {condition}", params
         )
-        if int(at["n"][0]):
-            where += " AND ts >= %(lo)s AND ts <= %(hi)s"
-            params["lo"] = datetime.fromtimestamp(int(at["lo"][0]), tz=UTC)
-            params["hi"] = datetime.fromtimestamp(int(at["hi"][0]), tz=UTC)
-        return where, params
+        if not int(got["n"][0]):
+            return None
+        return {k: datetime.fromtimestamp(int(got[k][0]), tz=UTC) for k in ("lo", "hi")}
 
     # -- retention ------------------------------------------------------------------------
 
