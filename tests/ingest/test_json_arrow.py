@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 from driftline.ingest.columns import PiiHasher, RowErrors
-from driftline.ingest.json_arrow import leading_model, read_records, record_type
+from driftline.ingest.json_arrow import all_finite, leading_model, read_records, record_type
 from driftline.ingest.records import (
     JsonSource,
     StructSource,
@@ -217,3 +217,19 @@ def test_fields_first_seen_past_the_sniffed_bytes_are_declined() -> None:
     assert (
         read_records(body_of("fraud", records), FRAUD_SCHEMA, Kind.PREDICTIONS, "fraud", 100_000) is not None
     )
+
+
+def test_the_finiteness_check_reads_only_the_slice_and_skips_nulls() -> None:
+    """The check reads the value buffer as is: a sliced array's values outside the slice, and
+    the slots under nulls, do not count; a NaN or an infinity inside the slice does."""
+    values = pa.array([np.nan, 1.0, None, 2.5, np.inf], type=pa.float64())
+    assert all_finite(pa.StructArray.from_arrays([values.slice(1, 3)], ["x"]))
+    assert not all_finite(pa.StructArray.from_arrays([values.slice(0, 2)], ["x"]))
+    assert not all_finite(pa.StructArray.from_arrays([values.slice(3, 2)], ["x"]))
+    under_null = pa.Array.from_buffers(
+        pa.float64(),
+        2,
+        [pa.array([True, False]).buffers()[1], pa.py_buffer(np.array([1.0, np.nan]).tobytes())],
+    )
+    assert under_null.null_count == 1
+    assert all_finite(pa.StructArray.from_arrays([under_null], ["x"]))

@@ -40,8 +40,10 @@ if TYPE_CHECKING:
     from driftline.config import Settings
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+SQLITE_POOL_SIZE = 40  # as many as the worker threads that run sync request handlers (anyio's default)
 PG_CONNECT_TIMEOUT_S = 10
 _READONLY = "driftline_readonly"
+_ONE_STATEMENT = "driftline_one_statement"  # one read on its own needs no transaction around it
 
 
 def normalize_url(url: str | URL) -> URL:
@@ -81,6 +83,10 @@ def _sqlite_engine(url: URL, **kwargs: Any) -> Engine:
         # The data dir may not exist on a first start.
         Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
     connect_args = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, **kwargs.pop("connect_args", {})}
+    if database and database != ":memory:":
+        # every API request checks its key from a worker thread: a pool smaller than the
+        # threads opens (and runs the PRAGMAs of) a new connection per request under load
+        kwargs.setdefault("pool_size", SQLITE_POOL_SIZE)
     engine = create_engine(url, connect_args=connect_args, **kwargs)
 
     @event.listens_for(engine, "connect")
@@ -101,8 +107,10 @@ def _sqlite_engine(url: URL, **kwargs: Any) -> Engine:
         # A writing transaction takes the write lock up front: a deferred transaction that
         # reads, then writes, fails at once with SQLITE_BUSY when another writer committed in
         # between, where an immediate one waits for busy_timeout.
-        readonly = conn.get_execution_options().get(_READONLY, False)
-        conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
+        options = conn.get_execution_options()
+        if options.get(_ONE_STATEMENT, False):
+            return  # the driver runs it in autocommit mode: a consistent snapshot of its own
+        conn.exec_driver_sql("BEGIN" if options.get(_READONLY, False) else "BEGIN IMMEDIATE")
 
     return engine
 
@@ -143,6 +151,7 @@ class MetaStore:
         self._sessions = sessionmaker(bind=engine, expire_on_commit=False)
         self._readonly_engine = engine.execution_options(**{_READONLY: True})
         self._readonly_sessions = sessionmaker(bind=self._readonly_engine, expire_on_commit=False)
+        self._one_read_engine = engine.execution_options(**{_READONLY: True, _ONE_STATEMENT: True})
         self._keys = KeyCache()
 
     @classmethod
@@ -202,7 +211,7 @@ class MetaStore:
                 return repos.keys.verify(token)
 
         def active(key_id: int, digest: str) -> bool:
-            with translate_errors(), self._readonly_engine.connect() as conn:
+            with translate_errors(), self._one_read_engine.connect() as conn:
                 return conn.execute(ACTIVE_KEY, {"id": key_id, "digest": digest}).first() is not None
 
         return self._keys.verify(plaintext, lookup, active)
