@@ -546,7 +546,6 @@ class Summarizer:
         if versions is not None:
             where += " AND version IN %(versions)s"
             params["versions"] = tuple(versions) or ("",)
-        gens = self._live_gens(ledger, kind, where)
         if field is None:
             slice_where = "slice = ''"
         elif field == "":
@@ -555,6 +554,20 @@ class Summarizer:
             slice_where = "startsWith(slice, %(prefix)s)"
             params["prefix"] = field + "="
         window = "intDiv(toUInt32(bucket) - %(lo)s, %(step)s)"
+        led = self.engine.query_columns(
+            f"SELECT version, slice, toUInt32(bucket) AS b, gen, rows, toUInt32(last_ts) AS last_ts "
+            f"FROM {ledger} WHERE kind = '{kind}' AND {where} AND (slice = '' OR {slice_where})",
+            params,
+        )
+        ledgered = _LiveLedger.of(led, field)
+        if ledgered.empty:
+            return {}
+        if len(ledgered.live) <= MAX_LISTED_GENS:
+            # the live generations as a list: no subquery over the ledger in each read below
+            gens = "(version, toUInt32(bucket), gen) IN %(live)s"
+            params["live"] = ledgered.live
+        else:
+            gens = self._live_gens(ledger, kind, where)
         scope = f"kind = '{kind}' AND {where} AND {slice_where} AND {gens}"
         feature_scope = scope
         if features is not None:
@@ -566,11 +579,6 @@ class Summarizer:
                 params[f"prefix{i}"] = prefix
                 ors.append(f"startsWith(feature, %(prefix{i})s)")
             feature_scope = f"{scope} AND ({' OR '.join(ors)})"
-        led = self.engine.query_columns(
-            f"SELECT version, slice, {window} AS w, sum(rows) AS rows, toUInt32(max(last_ts)) AS last_ts "
-            f"FROM {ledger} WHERE {scope} GROUP BY version, slice, w",
-            params,
-        )
         num = self.engine.query_columns(
             f"SELECT version, slice, {window} AS w, feature, countMerge(n) AS n, sumMerge(s) AS s, "
             f"sumMerge(s2) AS s2, minMerge(mn) AS mn, maxMerge(mx) AS mx, "
@@ -591,12 +599,10 @@ class Summarizer:
                 out[key] = Summary.empty(version, start, step, n_windows, slice_)
             return out[key]
 
-        for v, sl, w, rows, last in zip(
-            led["version"], led["slice"], led["w"], led["rows"], led["last_ts"], strict=True
-        ):
-            s = summary(str(v), str(sl))
-            s.rows[int(w)] = int(rows)
-            s.last_ts[int(w)] = int(last)
+        for v, sl, w, rows, last in ledgered.windows(start, step, n_windows):
+            s = summary(v, sl)
+            s.rows[w] = rows
+            s.last_ts[w] = last
         for i in range(len(num["version"])):
             s = summary(str(num["version"][i]), str(num["slice"][i]))
             block = s.numeric_block(str(num["feature"][i]))
@@ -621,6 +627,84 @@ class Summarizer:
             np.add.at(counts, (cat["w"][ix].astype(np.int64), inverse), cat["n"][ix].astype(np.int64))
             s.categorical[feature] = CategoricalBlock(values=uniq, counts=counts)
         return out
+
+
+MAX_LISTED_GENS = 2000  # (version, bucket) pairs a read lists inline; beyond, a subquery finds them
+
+
+@dataclass(frozen=True)
+class _LiveLedger:
+    """The ledger rows of one read that belong to each bucket's newest generation.
+
+    A bucket summarised again has older generations next to its newest; the newest is
+    the one whose overall row (slice '') has the largest gen. Slice rows of that
+    generation come with it.
+    """
+
+    version: np.ndarray
+    slice: np.ndarray
+    bucket: np.ndarray
+    rows: np.ndarray
+    last_ts: np.ndarray
+    live: tuple[tuple[str, int, int], ...]  # (version, bucket, gen) of every newest generation
+
+    @property
+    def empty(self) -> bool:
+        return not self.live
+
+    @classmethod
+    def of(cls, led: dict[str, np.ndarray], field: str | None) -> _LiveLedger:
+        version = led["version"].astype(str)
+        slices = led["slice"].astype(str)
+        bucket = led["b"].astype(np.int64)
+        gen = led["gen"].astype(np.uint64)
+        names, code = np.unique(version, return_inverse=True)
+        key = code.astype(np.int64) << 32 | bucket
+        top = slices == ""
+        # the newest generation of each (version, bucket): the last of its run once sorted by gen
+        order = np.lexsort((gen[top], key[top]))
+        top_key, top_gen = key[top][order], gen[top][order]
+        last = np.r_[top_key[1:] != top_key[:-1], True] if len(top_key) else np.zeros(0, dtype=bool)
+        newest_key, newest_gen = top_key[last], top_gen[last]
+        at = np.clip(np.searchsorted(newest_key, key), 0, max(len(newest_key) - 1, 0))
+        live_row = (
+            (newest_key[at] == key) & (newest_gen[at] == gen) if len(newest_key) else np.zeros(len(key), bool)
+        )
+        keep = live_row & (top if field is None else ~top)
+        live = tuple(
+            zip(
+                names[newest_key >> 32].tolist(),
+                (newest_key & 0xFFFFFFFF).tolist(),
+                newest_gen.tolist(),
+                strict=True,
+            )
+        )
+        return cls(
+            version=version[keep],
+            slice=slices[keep],
+            bucket=bucket[keep],
+            rows=led["rows"].astype(np.int64)[keep],
+            last_ts=led["last_ts"].astype(np.int64)[keep],
+            live=live,
+        )
+
+    def windows(self, start: int, step: int, n: int) -> list[tuple[str, str, int, int, int]]:
+        """(version, slice, window, rows, newest event time) per window that has rows."""
+        w = (self.bucket - start) // step
+        inside = (w >= 0) & (w < n)
+        groups = np.stack([self.version[inside], self.slice[inside], w[inside].astype(str)], axis=1)
+        if not len(groups):
+            return []
+        uniq, which = np.unique(groups, axis=0, return_inverse=True)
+        which = which.reshape(-1)
+        rows = np.zeros(len(uniq), dtype=np.int64)
+        last = np.zeros(len(uniq), dtype=np.int64)
+        np.add.at(rows, which, self.rows[inside])
+        np.maximum.at(last, which, self.last_ts[inside])
+        return [
+            (str(v), str(sl), int(wi), int(r), int(t))
+            for (v, sl, wi), r, t in zip(uniq.tolist(), rows.tolist(), last.tolist(), strict=True)
+        ]
 
 
 def sample_modulus(rows: int) -> int:

@@ -7,6 +7,7 @@ import pyarrow as pa
 import pytest
 from scipy import stats as sps
 
+from driftline.detectors import summaries
 from driftline.detectors.summaries import LEVELS, TDIGEST_ROWS, Summarizer, sample_modulus
 from driftline.ingest.columns import PiiHasher, RowErrors
 from driftline.ingest.records import ArrowSource, build_predictions
@@ -188,3 +189,29 @@ def test_a_version_first_seen_during_a_summary_pass_is_summarised_later(
     again = summarizer.read("default", SCHEMA, kind="p", start=T0, end=T0 + HOUR, step=HOUR)
     assert int(again["v2"].rows[0]) == 30 and again["v2"].numeric["x"].window(0).n == 30
     assert sum(again["v2"].categorical["c"].window(0).values()) == 30
+
+
+def test_reads_take_each_buckets_newest_generation_listed_or_by_subquery(
+    event_engine: EventEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bucket summarised twice keeps both generations; a read sees only the newest, whether
+    it lists the live generations inline or, past MAX_LISTED_GENS, finds them by subquery."""
+    store = EventStore(event_engine)
+    store.ensure_model("default", SCHEMA)
+    store.insert(Kind.PREDICTIONS, "default", SCHEMA, _rows(120, "a", T0, 1))
+    store.insert(Kind.PREDICTIONS, "default", SCHEMA, _rows(80, "b", T0 + HOUR, 2, "v2"))
+    summarizer = Summarizer(store)
+    assert summarizer.summarize("default", SCHEMA, T0, T0 + 2 * HOUR, now=T0 + 10 * HOUR) == 2
+    store.insert(Kind.PREDICTIONS, "default", SCHEMA, _rows(30, "late", T0, 3))
+    assert summarizer.summarize_buckets("default", SCHEMA, T0, T0 + 2 * HOUR, now=T0 + 10 * HOUR) == [T0]
+    ledger = store.names("default", SCHEMA.name).table("ledger")
+    assert event_engine.query_columns(f"SELECT count() AS n FROM {ledger}")["n"][0] == 3
+
+    def both_hours() -> dict[str, tuple[list[int], list[int]]]:
+        got = summarizer.read("default", SCHEMA, kind="p", start=T0, end=T0 + 2 * HOUR, step=HOUR)
+        return {v: (s.rows.tolist(), s.numeric["x"].n.tolist()) for v, s in got.items()}
+
+    listed = both_hours()
+    assert listed == {"v1": ([150, 0], [150, 0]), "v2": ([0, 80], [0, 80])}
+    monkeypatch.setattr(summaries, "MAX_LISTED_GENS", 0)
+    assert both_hours() == listed
