@@ -286,8 +286,14 @@ class PerfSummarizer:
         self._seen[key] = fingerprint
         return stale
 
-    def summarize_reference(self, project: str, schema: ModelSchema, version: str) -> bool:
-        """Summarise the labelled reference of a version once per upload; False when it has no labels."""
+    def summarize_reference(
+        self, project: str, schema: ModelSchema, version: str, *, force: bool = False
+    ) -> bool:
+        """Summarise the labelled reference of a version once per upload; False when it has no labels.
+
+        An upload is recognised by its row and label counts; the upload itself summarises with
+        `force`, as a corrected reference may keep both.
+        """
         names = self.events.names(project, schema.name)
         self.ensure(names)
         _, _, _, ledger = _tables(names)
@@ -299,13 +305,14 @@ class PerfSummarizer:
         rows, labeled = int(got["n"][0]), int(got["labeled"][0])
         if labeled == 0:
             return False
-        info = json.dumps({"labeled": labeled})
+        # each chunk's ledger row holds its own labelled count: the newest generation's sum is the upload's
         have = self.engine.query_columns(
-            f"SELECT argMax(total, gen) AS n, argMax(info, gen) AS info FROM (SELECT gen, sum(rows) AS total, "
-            f"any(info) AS info FROM {ledger} WHERE kind = 'q' AND version = %(v)s GROUP BY gen)",
-            {"v": version},
+            f"SELECT argMax(total, gen) AS n, argMax(labeled, gen) AS labeled FROM (SELECT gen, "
+            f"sum(rows) AS total, sum(toUInt64OrZero(extract(info, %(count)s))) AS labeled FROM {ledger} "
+            "WHERE kind = 'q' AND version = %(v)s GROUP BY gen)",
+            {"v": version, "count": '"labeled": *([0-9]+)'},
         )
-        if len(have["n"]) and int(have["n"][0]) == rows and str(have["info"][0]) == info:
+        if not force and len(have["n"]) and (int(have["n"][0]), int(have["labeled"][0])) == (rows, labeled):
             return True
         chunk = max(-(-rows // REFERENCE_CHUNKS), 1)
         self._write(

@@ -428,11 +428,15 @@ class Summarizer:
         log.info("summarised %d buckets", len(stale), extra={"model": schema.name, "project": project})
         return stale
 
-    def summarize_reference(self, project: str, schema: ModelSchema, version: str) -> bool:
+    def summarize_reference(
+        self, project: str, schema: ModelSchema, version: str, *, force: bool = False
+    ) -> bool:
         """Summarise a version's reference in chunks, once per upload; False when it has no rows.
 
         An upload is recognised by a fingerprint of its rows (count, newest time, hash of the
-        ids), so a run that finds it summarised costs one small query.
+        ids), so a run that finds it summarised costs one small query. The fingerprint does
+        not see values: the upload itself summarises with `force`, as a corrected reference
+        may keep its ids and times.
         """
         names = self.events.names(project, schema.name)
         self.ensure(names)
@@ -452,21 +456,23 @@ class Summarizer:
             f"SELECT argMax(info, gen) AS info FROM {ledger} WHERE kind = 'r' AND version = %(v)s AND slice = ''",
             {"v": version},
         )
-        if len(have["info"]) and have["info"][0]:
+        if not force and len(have["info"]) and have["info"][0]:
             known = json.loads(str(have["info"][0]))
             if known.get("fingerprint") == fingerprint and known.get("slices") == slices:
                 return True
         numeric = [f for f in schema.features if f.stored and f.kind is FeatureKind.NUMERIC]
         discrete: set[str] = set()
         if numeric:
-            # uniqUpTo stops counting past the limit: the same decision as an exact count, far cheaper
+            # uniqUpTo stops counting past the limit: the same decision as an exact count, far cheaper;
+            # a column without a value (NULL on 18.16, 0 elsewhere) shows nothing to count by value
             uniq = ", ".join(
-                f"uniqUpTo({DISCRETE_MAX})(`{FEATURE_PREFIX}{f.name}`) AS `{f.name}`" for f in numeric
+                f"ifNull(uniqUpTo({DISCRETE_MAX})(`{FEATURE_PREFIX}{f.name}`), 0) AS `{f.name}`"
+                for f in numeric
             )
             counts = self.engine.query_columns(
                 f"SELECT {uniq} FROM {table} WHERE version = %(v)s", {"v": version}
             )
-            discrete = {f.name for f in numeric if int(counts[f.name][0]) <= DISCRETE_MAX}
+            discrete = {f.name for f in numeric if 0 < int(counts[f.name][0]) <= DISCRETE_MAX}
         info = json.dumps({"fingerprint": fingerprint, "slices": slices, "discrete": sorted(discrete)})
         chunk = max(-(-rows // REFERENCE_CHUNKS), 1)
         src = Source(

@@ -45,6 +45,7 @@ from driftline.detectors.performance import (
     PerformanceConfig,
 )
 from driftline.detectors.results import MetricsQuery
+from driftline.detectors.summaries import REFERENCE_CHUNKS
 from driftline.ingest.columns import RowErrors
 from driftline.ingest.records import ArrowSource, build_labels
 from driftline.storage.events import EventEngine, Kind
@@ -489,3 +490,31 @@ def test_families_are_registered_with_defaults_and_validate_settings() -> None:
         ConceptDriftConfig.model_validate({"direction": "sideways"})
     with pytest.raises(ValidationError):
         LabelDriftConfig(alpha=2)
+
+
+def test_an_uploads_forced_reference_summary_sees_labels_changed_under_the_same_counts(
+    event_engine: EventEngine,
+) -> None:
+    """The performance reference is recognised by its row and label counts; an upload forces a
+    new summary, so labels corrected under the same counts are the ones judged against."""
+    m = Loaded(
+        event_engine, {"name": "relabel", "task": "binary", "features": [{"name": "x", "kind": "numeric"}]}
+    )
+    rng = np.random.default_rng(17)
+    n = 400
+    score = rng.random(n)
+    labels = (rng.random(n) < score).astype(int)
+    columns = {"x": rng.normal(size=n), "score": score}
+    perf = m.runner.perf
+
+    def positives() -> int:
+        got = perf.read(PROJECT, m.schema, kind="q", start=0, end=REFERENCE_CHUNKS, step=REFERENCE_CHUNKS)
+        return int(got[("v1", "")].binned[""].n[0, :, :, 1, 1].sum())
+
+    m.reference({**columns, "label": labels.astype(str).tolist()})
+    assert perf.summarize_reference(PROJECT, m.schema, "v1")
+    first = positives()
+    assert 0 < first < n
+    m.reference({**columns, "label": (1 - labels).astype(str).tolist()})
+    assert perf.summarize_reference(PROJECT, m.schema, "v1") and positives() == first  # the counts match
+    assert perf.summarize_reference(PROJECT, m.schema, "v1", force=True) and positives() == n - first

@@ -8,9 +8,9 @@ import pytest
 from scipy import stats as sps
 
 from driftline.detectors import summaries
-from driftline.detectors.summaries import LEVELS, TDIGEST_ROWS, Summarizer, sample_modulus
+from driftline.detectors.summaries import LEVELS, REFERENCE_CHUNKS, TDIGEST_ROWS, Summarizer, sample_modulus
 from driftline.ingest.columns import PiiHasher, RowErrors
-from driftline.ingest.records import ArrowSource, build_predictions
+from driftline.ingest.records import ArrowSource, build_predictions, build_reference
 from driftline.schema import ModelSchema
 from driftline.storage.events import EventEngine, EventStore, Kind
 
@@ -215,3 +215,30 @@ def test_reads_take_each_buckets_newest_generation_listed_or_by_subquery(
     assert listed == {"v1": ([150, 0], [150, 0]), "v2": ([0, 80], [0, 80])}
     monkeypatch.setattr(summaries, "MAX_LISTED_GENS", 0)
     assert both_hours() == listed
+
+
+def test_a_reference_feature_without_any_value_is_summarised_and_not_counted_by_value(
+    event_engine: EventEngine,
+) -> None:
+    """A numeric feature the reference never fills (a column left out of the upload) has no
+    distinct value to count: not discrete, and no failure (18.16 counts it as NULL)."""
+    store = EventStore(event_engine)
+    store.ensure_model("default", SCHEMA)
+    n = 50
+    table = build_reference(
+        SCHEMA,
+        "v1",
+        ArrowSource(pa.table({"c": ["a", "b"] * (n // 2)})),
+        RowErrors(),
+        now=T0,
+        hasher=PiiHasher(b"k"),
+    ).table
+    store.replace_reference("default", SCHEMA, "v1", table)
+    summarizer = Summarizer(store)
+    assert summarizer.summarize_reference("default", SCHEMA, "v1", force=True)
+    assert summarizer.discrete_features("default", SCHEMA) == set()
+    got = summarizer.read("default", SCHEMA, kind="r", start=0, end=REFERENCE_CHUNKS, step=REFERENCE_CHUNKS)[
+        "v1"
+    ]
+    assert int(got.rows[0]) == n and got.numeric["x"].window(0).n == 0
+    assert got.categorical["c"].window(0) == {"a": n // 2, "b": n // 2}

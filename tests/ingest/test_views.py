@@ -576,3 +576,17 @@ def test_metrics_take_several_values_a_window_length_and_leave_details_out(api: 
 
     r = api.get("/v1/models/fraud/metrics", params={"window": "fortnight"})
     assert r.status_code == 422 and "window" in r.json()["detail"]
+
+
+def test_a_corrected_reference_with_the_same_ids_and_times_replaces_the_old_ones_summaries(api: Api) -> None:
+    """A reference uploaded again with the same request ids, timestamps and row count but new
+    values (a fixed feature pipeline) is what drift and performance are judged against next."""
+    ref, _ = loaded_window(api)
+    fixed = [{**r, "features": {**r["features"], "amount": 10 * r["features"]["amount"]}} for r in ref]
+    ok(api.put("/v1/models/fraud/versions/v1/reference", json={"records": fixed}))
+    got = distribution(api, "amount")
+    raw = np.array([r["features"]["amount"] for r in fixed])
+    assert got["reference_rows"] == len(fixed)
+    assert got["edges"][-1] == pytest.approx(raw.max())
+    expected = np.histogram(raw, bins=np.array(got["edges"]))[0] / len(raw)
+    assert np.abs(np.array(got["reference_share"]) - expected).max() < 0.02
