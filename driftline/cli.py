@@ -373,6 +373,7 @@ def worker(
     events = EventStore(make_engine(settings))
     try:
         meta.migrate()
+        events.sweep_scratch()
         runner = Runner(events)
         jobs = DetectionJobs(
             meta,

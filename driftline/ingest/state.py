@@ -65,6 +65,7 @@ class AppState:
                 )
         engine = make_engine(settings)
         events = EventStore(engine)
+        events.sweep_scratch()
         spool = Spool(
             settings.resolved_spool_dir,
             max_bytes=settings.spool_max_bytes,

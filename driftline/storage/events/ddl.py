@@ -9,6 +9,8 @@ itself; ALTERs and partition drops go to the local tables, where the data lives.
 
 from __future__ import annotations
 
+import re
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -39,16 +41,42 @@ def clustered(engine: EventEngine) -> str | None:
     return str(cluster) if cluster else None
 
 
+SCRATCH_MAX_AGE_SECONDS = 3600  # far beyond any one operation
+_SCRATCH_NAME = re.compile(r"^_[a-z]+_(\d{10})_[0-9a-f]{16}$")
+
+
 @contextmanager
 def scratch_table(engine: EventEngine, database: str, prefix: str, body: str) -> Iterator[str]:
     """A Memory table for the length of one operation, dropped after it, on this node only
-    (read it with GLOBAL IN on a cluster)."""
-    table = f"`{database}`.`_{prefix}_{uuid.uuid4().hex}`"
+    (read it with GLOBAL IN on a cluster). Its name holds its creation time, so that one a
+    dead process left behind can be told from one in use (see `drop_stale_scratch`)."""
+    table = f"`{database}`.`_{prefix}_{int(time.time())}_{uuid.uuid4().hex[:16]}`"
     engine.execute(f"CREATE TABLE {table} ({body}) ENGINE = Memory")
     try:
         yield table
     finally:
         engine.execute(f"DROP TABLE IF EXISTS {table}")
+
+
+def drop_stale_scratch(
+    engine: EventEngine, database: str, *, now: float | None = None, max_age: float = SCRATCH_MAX_AGE_SECONDS
+) -> list[str]:
+    """Drop the scratch tables of this node older than `max_age`; returns their names.
+
+    A process killed mid-operation leaves its scratch table behind, and a Memory table
+    loses its rows on a restart, not its definition: they would pile up in the database.
+    """
+    now = time.time() if now is None else now
+    got = engine.query_columns(
+        "SELECT name FROM system.tables WHERE database = %(db)s AND startsWith(name, '_')", {"db": database}
+    )
+    dropped: list[str] = []
+    for name in (str(n) for n in got["name"]):
+        match = _SCRATCH_NAME.match(name)
+        if match and int(match.group(1)) < now - max_age:
+            engine.execute(f"DROP TABLE IF EXISTS `{database}`.`{name}`")
+            dropped.append(name)
+    return dropped
 
 
 def create_table(

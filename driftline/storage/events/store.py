@@ -9,6 +9,7 @@ interrupted by a server crash can simply be sent again.
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -35,6 +36,8 @@ from driftline.storage.events.tables import (
     engine_clause,
     table_body,
 )
+
+log = logging.getLogger(__name__)
 
 _KEYS = {
     Kind.PREDICTIONS: ("request_id", "version"),  # a shadow or challenger scores the same request
@@ -99,6 +102,14 @@ class EventStore:
 
     def names(self, project: str, model: str) -> TableNames:
         return TableNames(self.engine.database, project, model)
+
+    def sweep_scratch(self) -> list[str]:
+        """Drop the scratch tables dead processes left behind; at startup, when the store answers."""
+        try:
+            return ddl.drop_stale_scratch(self.engine, self.engine.database)
+        except StoreError as exc:
+            log.warning("could not look for leftover scratch tables: %s", exc)
+            return []
 
     # -- schema ---------------------------------------------------------------------------
 
