@@ -359,18 +359,24 @@ class Summarizer:
         )
 
     def discrete_features(self, project: str, schema: ModelSchema) -> set[str]:
-        """Numeric features that some reference of the model shows to take few values."""
+        """Numeric features that some reference of the model shows to take few values.
+
+        Each version's newest reference summary says which in its ledger row: a corrected
+        upload that no longer counts a feature by value takes it out.
+        """
         names = self.events.names(project, schema.name)
         self.ensure(names)
-        numeric = [f.name for f in schema.features if f.stored and f.kind is FeatureKind.NUMERIC]
+        numeric = {f.name for f in schema.features if f.stored and f.kind is FeatureKind.NUMERIC}
         if not numeric:
             return set()
-        _, catsum, _ = _tables(names)
+        _, _, ledger = _tables(names)
         got = self.engine.query_columns(
-            f"SELECT DISTINCT feature FROM {catsum} WHERE kind = 'r' AND feature IN %(f)s",
-            {"f": tuple(numeric)},
+            f"SELECT version, argMax(info, gen) AS info FROM {ledger} WHERE kind = 'r' AND slice = '' GROUP BY version"
         )
-        return {str(f) for f in got["feature"]}
+        shown: set[str] = set()
+        for info in got["info"]:
+            shown.update(json.loads(str(info)).get("discrete", []))
+        return shown & numeric
 
     def summarize(
         self, project: str, schema: ModelSchema, start: int, end: int, *, now: float | None = None

@@ -242,3 +242,26 @@ def test_a_reference_feature_without_any_value_is_summarised_and_not_counted_by_
     ]
     assert int(got.rows[0]) == n and got.numeric["x"].window(0).n == 0
     assert got.categorical["c"].window(0) == {"a": n // 2, "b": n // 2}
+
+
+def test_a_feature_is_counted_by_value_while_its_newest_reference_shows_few_values(
+    event_engine: EventEngine,
+) -> None:
+    """Discreteness follows each version's newest reference summary: a corrected upload in
+    which a feature takes many values stops its live rows being counted by value."""
+    store = EventStore(event_engine)
+    store.ensure_model("default", SCHEMA)
+    summarizer = Summarizer(store)
+    rng = np.random.default_rng(4)
+    for x, discrete in ((rng.integers(0, 5, 200).astype(float), {"x"}), (rng.normal(size=200), set())):
+        table = build_reference(
+            SCHEMA,
+            "v1",
+            ArrowSource(pa.table({"x": x, "c": ["a"] * 200})),
+            RowErrors(),
+            now=T0,
+            hasher=PiiHasher(b"k"),
+        ).table
+        store.replace_reference("default", SCHEMA, "v1", table)
+        assert summarizer.summarize_reference("default", SCHEMA, "v1", force=True)
+        assert summarizer.discrete_features("default", SCHEMA) == discrete
