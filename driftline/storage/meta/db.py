@@ -24,6 +24,7 @@ from sqlalchemy.exc import (
     NoSuchModuleError,
     OperationalError,
 )
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 from driftline.errors import Conflict, InvalidInput, StoreError
@@ -244,6 +245,9 @@ def translate_errors() -> Iterator[None]:
         raise InvalidInput(f"value refused by the metadata store: {_first_line(exc.orig)}") from exc
     except (OperationalError, InterfaceError) as exc:
         raise StoreError(f"metadata store unavailable: {_first_line(exc.orig)}") from exc
+    except PoolTimeout as exc:
+        # every connection busy for the pool's whole timeout: as unavailable as a refused one
+        raise StoreError(f"metadata store busy: no connection came free in time ({exc})") from exc
     except DBAPIError as exc:
         if exc.connection_invalidated:
             raise StoreError(f"metadata store connection lost: {_first_line(exc.orig)}") from exc

@@ -115,3 +115,17 @@ def test_store_reconnects_after_connections_are_killed(store: MetaStore) -> None
         other.dispose()
     with store.repos() as r:  # pool_pre_ping replaces the dead connection
         assert r.projects.list() == []
+
+
+def test_a_pool_with_no_free_connection_is_a_store_error(empty_url: str) -> None:
+    """Every connection busy past the pool's timeout answers like an unavailable store (a 503
+    with Retry-After at the API), not as an unexpected error."""
+    store = MetaStore.from_url(empty_url, pool_size=1, max_overflow=0, pool_timeout=0.2)
+    try:
+        store.migrate()
+        with store.engine.connect(), pytest.raises(StoreError, match="busy"), store.repos() as r:
+            r.projects.list()
+        with store.repos() as r:
+            assert r.projects.list() is not None
+    finally:
+        store.dispose()
