@@ -42,6 +42,8 @@ if TYPE_CHECKING:
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 SQLITE_POOL_SIZE = 40  # as many as the worker threads that run sync request handlers (anyio's default)
+KEY_CHECK_POOL_SIZE = 4  # connections of the per-request key check (see MetaStore.key_checks)
+KEY_CHECK_TIMEOUT_S = 5.0
 PG_CONNECT_TIMEOUT_S = 10
 _READONLY = "driftline_readonly"
 _ONE_STATEMENT = "driftline_one_statement"  # one read on its own needs no transaction around it
@@ -152,7 +154,8 @@ class MetaStore:
         self._sessions = sessionmaker(bind=engine, expire_on_commit=False)
         self._readonly_engine = engine.execution_options(**{_READONLY: True})
         self._readonly_sessions = sessionmaker(bind=self._readonly_engine, expire_on_commit=False)
-        self._one_read_engine = engine.execution_options(**{_READONLY: True, _ONE_STATEMENT: True})
+        self.key_checks = _key_check_engine(engine)
+        self._one_read_engine = self.key_checks.execution_options(**{_READONLY: True, _ONE_STATEMENT: True})
         self._keys = KeyCache()
 
     @classmethod
@@ -231,6 +234,25 @@ class MetaStore:
     def dispose(self) -> None:
         """Close pooled connections; the store reconnects on next use."""
         self.engine.dispose()
+        if self.key_checks is not self.engine:
+            self.key_checks.dispose()
+
+
+def _key_check_engine(engine: Engine) -> Engine:
+    """A few connections of its own for the key check every request makes.
+
+    The check takes well under a millisecond, and up to 40 worker threads make it: from the
+    shared pool, past its size, each would open (and on PostgreSQL, authenticate) a
+    connection of its own and close it after. Here a check waits for one of a few instead;
+    one that waits past the timeout is a busy store (503). An in-memory SQLite database
+    lives in its own engine's connections, so it keeps that engine.
+    """
+    database = engine.url.database or ""
+    if is_sqlite(engine) and (database in ("", ":memory:") or "mode=memory" in database):
+        return engine
+    return make_engine(
+        engine.url, pool_size=KEY_CHECK_POOL_SIZE, max_overflow=0, pool_timeout=KEY_CHECK_TIMEOUT_S
+    )
 
 
 @contextmanager

@@ -1,13 +1,15 @@
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import MetaData, select
+from sqlalchemy import MetaData, event, select
 
 from driftline.errors import Conflict, InvalidInput
 from driftline.storage.meta import KeyRole, MetaStore, hash_key
+from driftline.storage.meta.db import KEY_CHECK_POOL_SIZE
 from driftline.storage.meta.keys import display_prefix
 
 BOOTSTRAP = "bootstrap-secret-0123456789"
@@ -199,3 +201,28 @@ def test_touch_records_use_at_most_once_per_interval(store: MetaStore) -> None:
         assert later is not None
         assert later.last_used_at is not None
         assert later.last_used_at > first.last_used_at
+
+
+def test_key_checks_from_many_threads_share_a_few_connections(store: MetaStore) -> None:
+    """Forty threads checking keys at once (the API's worker threads) open no more than the
+    key check's own few connections: past a pool's size, each check would open and close one."""
+    with store.repos() as r:
+        plaintext, info = r.keys.create("default", "ingest")
+    opened: list[int] = []
+    event.listen(store.key_checks, "connect", lambda *_: opened.append(1))
+    start = threading.Barrier(40)
+    answers: list[int] = []
+
+    def check() -> None:
+        start.wait()
+        for _ in range(25):
+            got = store.verify_key(plaintext)
+            answers.append(got.id if got is not None else -1)
+
+    threads = [threading.Thread(target=check) for _ in range(40)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert answers == [info.id] * 1000
+    assert 1 <= len(opened) <= KEY_CHECK_POOL_SIZE
