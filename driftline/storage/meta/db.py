@@ -87,8 +87,8 @@ def _sqlite_engine(url: URL, **kwargs: Any) -> Engine:
         Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
     connect_args = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, **kwargs.pop("connect_args", {})}
     if database and database != ":memory:":
-        # every API request checks its key from a worker thread: a pool smaller than the
-        # threads opens (and runs the PRAGMAs of) a new connection per request under load
+        # sync request handlers reach the store from up to 40 worker threads: a pool smaller
+        # than that opens (and runs the PRAGMAs of) a new connection per request under load
         kwargs.setdefault("pool_size", SQLITE_POOL_SIZE)
     engine = create_engine(url, connect_args=connect_args, **kwargs)
 
