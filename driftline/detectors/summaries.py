@@ -165,9 +165,12 @@ def categorical_columns(schema: ModelSchema, discrete: set[str], *, live: bool) 
     return out
 
 
+_VERSION_STEP = 4_294_967_296  # 2**32: a bucket (epoch seconds or chunk) fits below it
+
+
 @dataclass(frozen=True)
 class GroupKey:
-    """A summary pass's group key: a row's version and bucket packed in one UInt64.
+    """A summary pass's group key: (version, bucket) packed in one UInt64 `k`, and the slice.
 
     ClickHouse aggregates by a single number key about twice as fast as by a
     (String, DateTime) pair, and the rows of a bucket lie together, so consecutive rows
@@ -178,6 +181,7 @@ class GroupKey:
 
     versions: list[str]
     bucket_expr: str
+    slice_expr: str
 
     @property
     def params(self) -> dict[str, Any]:
@@ -187,20 +191,20 @@ class GroupKey:
     def expr(self) -> str:
         return (
             f"toUInt64(toUInt32({self.bucket_expr})) + "
-            f"4294967296 * transform(version, %(key_versions)s, %(key_codes)s, {len(self.versions)})"
+            f"{_VERSION_STEP} * transform(version, %(key_versions)s, %(key_codes)s, {len(self.versions)})"
         )
 
     @property
     def version(self) -> str:
-        return "arrayElement(%(key_versions)s, toUInt32(intDiv(k, 4294967296)) + 1)"
+        return f"arrayElement(%(key_versions)s, toUInt32(intDiv(k, {_VERSION_STEP})) + 1)"
 
     @property
     def bucket(self) -> str:
-        return "toDateTime(toUInt32(modulo(k, 4294967296)), 'UTC')"
+        return f"toDateTime(toUInt32(modulo(k, {_VERSION_STEP})), 'UTC')"
 
     @property
     def known(self) -> str:
-        return f"intDiv(k, 4294967296) < {len(self.versions)}"
+        return f"intDiv(k, {_VERSION_STEP}) < {len(self.versions)}"
 
 
 @dataclass(frozen=True)
@@ -279,8 +283,8 @@ class Summarizer:
             versions = self.engine.query_columns(f"SELECT DISTINCT version FROM {counted}")["version"]
             if not len(versions):
                 return
-            key = GroupKey(sorted(str(v) for v in versions), src.bucket_expr)
-            self._write_states(names, schema, src, gen, discrete, slice_expr, key, live=live)
+            key = GroupKey(sorted(str(v) for v in versions), src.bucket_expr, slice_expr)
+            self._write_states(names, schema, src, gen, discrete, key, live=live)
             self.engine.execute(
                 f"INSERT INTO {ledger} (kind, version, slice, bucket, gen, rows, last_ts, info, created) "
                 f"SELECT '{src.kind}', version, slice, bucket, {gen}, rows, last_ts, %(info)s, now() FROM {counted}",
@@ -294,16 +298,12 @@ class Summarizer:
         src: Source,
         gen: int,
         discrete: set[str],
-        slice_expr: str,
         key: GroupKey,
         *,
         live: bool,
     ) -> None:
-        """Numeric states, timings and value counts of one generation (the ledger comes after).
-
-        Rows are grouped by `key` (version and bucket packed in one number) and the slice:
-        see `GroupKey`.
-        """
+        """Numeric states, timings and value counts of one generation (the ledger comes after),
+        grouped by `key`."""
         numsum, catsum, _ = _tables(names)
         cols = numeric_columns(schema)
         arrays = ["[" + ", ".join(f"'{name}'" for name, _ in cols) + "] AS names"]
@@ -315,7 +315,7 @@ class Summarizer:
         self.engine.execute(
             f"INSERT INTO {numsum} (kind, version, slice, bucket, gen, feature, n, s, s2, mn, mx, td) "
             f"SELECT '{src.kind}', {key.version} AS version, slice, {key.bucket} AS bucket, {gen}, feature, "
-            f"n, s, s2, mn, mx, td FROM ({_sampler(src.modulus)}SELECT {key.expr} AS k, {slice_expr} AS slice, "
+            f"n, s, s2, mn, mx, td FROM ({_sampler(src.modulus)}SELECT {key.expr} AS k, {key.slice_expr} AS slice, "
             f"{', '.join(arrays)} FROM {src.table} WHERE {src.where} GROUP BY k, slice) "
             f"ARRAY JOIN names AS feature, ns AS n, ss AS s, s2s AS s2, mns AS mn, mxs AS mx, tds AS td "
             f"WHERE {key.known}{settings}",
@@ -336,17 +336,17 @@ class Summarizer:
         # grouped by the stored column itself (a LowCardinality one by its dictionary index), cast after
         parts = [
             f"SELECT k, slice, '{name}' AS feature, ifNull(CAST(raw AS Nullable(String)), %(null)s) AS value, n "
-            f"FROM (SELECT {key.expr} AS k, {slice_expr} AS slice, {col} AS raw, count() AS n "
+            f"FROM (SELECT {key.expr} AS k, {key.slice_expr} AS slice, {col} AS raw, count() AS n "
             f"FROM {src.table} WHERE {src.where} GROUP BY k, slice, raw)"
             for name, col in categorical_columns(schema, discrete, live=live)
         ]
         parts.append(
-            f"SELECT {key.expr} AS k, {slice_expr} AS slice, '{DQ}' AS feature, arrayJoin(dq) AS value, "
+            f"SELECT {key.expr} AS k, {key.slice_expr} AS slice, '{DQ}' AS feature, arrayJoin(dq) AS value, "
             f"count() AS n FROM {src.table} WHERE {src.where} AND notEmpty(dq) GROUP BY k, slice, value"
         )
         if live:
             parts.append(
-                f"SELECT {key.expr} AS k, {slice_expr} AS slice, '{ERROR}' AS feature, "
+                f"SELECT {key.expr} AS k, {key.slice_expr} AS slice, '{ERROR}' AS feature, "
                 f"ifNull(error, '(unspecified)') AS value, count() AS n FROM {src.table} "
                 f"WHERE {src.where} AND status != 'ok' GROUP BY k, slice, value"
             )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -100,6 +102,23 @@ def _rows(n: int, prefix: str, start: int, seed: int, version: str = "v1") -> pa
     )
 
 
+def _landing_once(
+    monkeypatch: pytest.MonkeyPatch, store: EventStore, rows: pa.Table, *, after: Callable[[str], bool]
+) -> list[int]:
+    """Insert `rows` once, right after the first statement that `after` picks: rows arriving
+    in the middle of a summary pass. Returns the list the inserted count lands in."""
+    real = store.engine.execute
+    landed: list[int] = []
+
+    def execute(sql: str, params: dict[str, object] | None = None) -> None:
+        real(sql, params)
+        if after(sql) and not landed:
+            landed.append(store.insert(Kind.PREDICTIONS, "default", SCHEMA, rows).inserted)
+
+    monkeypatch.setattr(store.engine, "execute", execute)
+    return landed
+
+
 def test_rows_arriving_during_a_summary_pass_are_summarised_later(
     event_engine: EventEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -109,17 +128,12 @@ def test_rows_arriving_during_a_summary_pass_are_summarised_later(
     store.ensure_model("default", SCHEMA)
     store.insert(Kind.PREDICTIONS, "default", SCHEMA, _rows(300, "a", T0, 1))
     summarizer = Summarizer(store)
-    real = event_engine.execute
-    landed: list[int] = []
-
-    def late_rows_after_numeric_states(sql: str, params: dict[str, object] | None = None) -> None:
-        real(sql, params)
-        if "INSERT INTO" in sql and "numsum" in sql and not landed:
-            landed.append(
-                store.insert(Kind.PREDICTIONS, "default", SCHEMA, _rows(40, "late", T0, 2)).inserted
-            )
-
-    monkeypatch.setattr(event_engine, "execute", late_rows_after_numeric_states)
+    landed = _landing_once(
+        monkeypatch,
+        store,
+        _rows(40, "late", T0, 2),
+        after=lambda sql: "INSERT INTO" in sql and "numsum" in sql,
+    )
     assert summarizer.summarize_buckets("default", SCHEMA, T0, T0 + HOUR, now=T0 + 10 * HOUR) == [T0]
     monkeypatch.undo()
     assert landed == [40]
@@ -165,17 +179,12 @@ def test_a_version_first_seen_during_a_summary_pass_is_summarised_later(
     store.ensure_model("default", SCHEMA)
     store.insert(Kind.PREDICTIONS, "default", SCHEMA, _rows(200, "a", T0, 1))
     summarizer = Summarizer(store)
-    real = event_engine.execute
-    landed: list[int] = []
-
-    def new_version_after_the_count(sql: str, params: dict[str, object] | None = None) -> None:
-        real(sql, params)
-        if sql.startswith("INSERT INTO") and "_ledger_" in sql.split("SELECT", maxsplit=1)[0] and not landed:
-            landed.append(
-                store.insert(Kind.PREDICTIONS, "default", SCHEMA, _rows(30, "new", T0, 2, "v2")).inserted
-            )
-
-    monkeypatch.setattr(event_engine, "execute", new_version_after_the_count)
+    landed = _landing_once(
+        monkeypatch,
+        store,
+        _rows(30, "new", T0, 2, "v2"),
+        after=lambda sql: sql.startswith("INSERT INTO") and "_ledger_" in sql.split("SELECT", maxsplit=1)[0],
+    )
     assert summarizer.summarize_buckets("default", SCHEMA, T0, T0 + HOUR, now=T0 + 10 * HOUR) == [T0]
     monkeypatch.undo()
     assert landed == [30]

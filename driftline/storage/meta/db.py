@@ -41,7 +41,6 @@ if TYPE_CHECKING:
     from driftline.config import Settings
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
-SQLITE_POOL_SIZE = 40  # as many as the worker threads that run sync request handlers (anyio's default)
 KEY_CHECK_POOL_SIZE = 4  # connections of the per-request key check (see MetaStore.key_checks)
 KEY_CHECK_TIMEOUT_S = 5.0
 PG_CONNECT_TIMEOUT_S = 10
@@ -86,10 +85,6 @@ def _sqlite_engine(url: URL, **kwargs: Any) -> Engine:
         # The data dir may not exist on a first start.
         Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
     connect_args = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, **kwargs.pop("connect_args", {})}
-    if database and database != ":memory:":
-        # sync request handlers reach the store from up to 40 worker threads: a pool smaller
-        # than that opens (and runs the PRAGMAs of) a new connection per request under load
-        kwargs.setdefault("pool_size", SQLITE_POOL_SIZE)
     engine = create_engine(url, connect_args=connect_args, **kwargs)
 
     @event.listens_for(engine, "connect")
