@@ -250,8 +250,12 @@ def render() -> None:
 
     labelled = realised if not realised.empty else ece
     ends = ui.window_ends(labelled)
+    # unless an alert points at one, the newest window whose calibration is judged too: the
+    # newest labelled one may hold the first few labels of a day, too few for the diagram
+    judged = set(ends) & set(ece["window_start"]) if not ece.empty else set()
+    default = ctx.focus_window if ctx.focus_window is not None else (max(judged) if judged else None)
     with top[1]:
-        window = ui.pick_window("Labelled window", list(ends), ends=ends, default=ctx.focus_window)
+        window = ui.pick_window("Labelled window", list(ends), ends=ends, default=default)
     window_end = ends.get(window) if window is not None else None
 
     pending = None
