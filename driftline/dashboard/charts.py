@@ -342,11 +342,16 @@ def performance(
     return _layout(fig, title, height=360, y_title=metric)
 
 
-def reliability(bins: list[dict[str, Any]], title: str) -> go.Figure:
-    """Observed outcome rate against mean score per bin; the diagonal is perfect calibration."""
+def reliability(
+    bins: list[dict[str, Any]], title: str, *, reason: str = "no labelled rows in this window"
+) -> go.Figure:
+    """Observed outcome rate against mean score per bin; the diagonal is perfect calibration.
+
+    Without bins, `reason` says why (the window's result knows: no labels, or too few).
+    """
     rows = [b for b in bins if b.get("count")]
     if not rows:
-        return empty(title, "no labelled rows in this window")
+        return empty(title, reason)
     fig = go.Figure()
     fig.add_trace(
         go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfect", line={"dash": "dot", "color": GREY})

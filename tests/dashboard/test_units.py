@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from driftline.cli import app as cli
 from driftline.dashboard import charts, launch, ui
 from driftline.dashboard.api import metrics_frame, params_of
-from driftline.dashboard.views import drift
+from driftline.dashboard.views import drift, performance
 
 ANCHOR = datetime(2026, 11, 30, tzinfo=UTC)
 
@@ -162,3 +162,25 @@ def test_frames_and_params() -> None:
         ui.window_label(pd.Timestamp("2026-11-28", tz="UTC"), pd.Timestamp("2026-11-29", tz="UTC"))
         == "2026-11-28"
     )
+
+
+def test_an_empty_reliability_diagram_says_why() -> None:
+    window = pd.Timestamp("2026-11-28", tz="UTC")
+    few = {
+        **row(0, "", 0.0),
+        "detector": "calibration",
+        "metric": "ece",
+        "value": None,
+        "status": "no_data",
+        "details": {"labelled": 41, "reason": "41 labelled rows, fewer than 100"},
+    }
+    bins = [{"count": 50, "mean_score": 0.1 * i + 0.05, "observed_rate": 0.1 * i} for i in range(10)]
+    judged = {**few, "value": 0.02, "status": "ok", "details": {"labelled": 500, "reliability": bins}}
+
+    def text(fig: object) -> list[str]:
+        return [a.text for a in fig.layout.annotations]  # type: ignore[attr-defined]
+
+    assert text(performance.reliability(metrics_frame([few]), window)) == ["41 labelled rows, fewer than 100"]
+    assert text(performance.reliability(metrics_frame([]), window)) == ["no labelled rows in this window"]
+    drawn = performance.reliability(metrics_frame([judged]), window)
+    assert not text(drawn) and list(drawn.data[1].x) == [b["mean_score"] for b in bins]

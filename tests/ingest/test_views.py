@@ -211,7 +211,9 @@ def test_overview_reports_health_drift_performance_traffic_alerts_and_triggers(a
 
     stamps = np.array([r["timestamp"] for r in loaded])
     # the server counts whole seconds: its "24 hours ago" is its clock truncated to the second
-    assert int((stamps >= after - DAY).sum()) <= model["traffic_24h"] <= int((stamps >= int(before) - DAY).sum())
+    assert (
+        int((stamps >= after - DAY).sum()) <= model["traffic_24h"] <= int((stamps >= int(before) - DAY).sum())
+    )
     newest = float(stamps.max())
     assert before - newest - 1 <= model["freshness_seconds"] <= after - newest + 1
 

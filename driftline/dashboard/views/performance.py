@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pandas as pd
+import plotly.graph_objects as go
 import streamlit as st
 
 from driftline.dashboard import charts, ui
@@ -98,17 +99,28 @@ def _labels(df: pd.DataFrame, window: pd.Timestamp | None) -> None:
         )
 
 
+def reliability(rows: pd.DataFrame, window: pd.Timestamp | None) -> go.Figure:
+    """The window's reliability diagram; without one, the reason its result gives (such as too few labels)."""
+    label = ui.window_label(window) if window is not None else "no window"
+    title = f"Reliability diagram, {label}"
+    whole = rows[rows["slice"] == ""]
+    ok = ui.ok(whole)
+    if not ok.empty and isinstance(ok["details"].iloc[-1], dict):
+        return charts.reliability(list(ok["details"].iloc[-1].get("reliability") or []), title)
+    if (
+        not whole.empty
+        and isinstance(whole["details"].iloc[-1], dict)
+        and whole["details"].iloc[-1].get("reason")
+    ):
+        return charts.reliability([], title, reason=str(whole["details"].iloc[-1]["reason"]))
+    return charts.reliability([], title)
+
+
 def _calibration(ece: pd.DataFrame, reliability_rows: pd.DataFrame, window: pd.Timestamp | None) -> None:
     st.subheader("Calibration")
     left, right = st.columns(2)
     with left:
-        bins: list[dict[str, Any]] = []
-        whole = ui.ok(reliability_rows)
-        whole = whole[whole["slice"] == ""]
-        if not whole.empty and isinstance(whole["details"].iloc[-1], dict):
-            bins = list(whole["details"].iloc[-1].get("reliability") or [])
-        label = ui.window_label(window) if window is not None else "no window"
-        st.plotly_chart(charts.reliability(bins, f"Reliability diagram, {label}"), key="reliability")
+        st.plotly_chart(reliability(reliability_rows, window), key="reliability")
     with right:
         st.plotly_chart(charts.series(ece, "Expected calibration error (ECE)", selected=window), key="ece")
 
