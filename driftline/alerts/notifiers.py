@@ -14,8 +14,10 @@ from __future__ import annotations
 import email.utils
 import hashlib
 import hmac
+import ipaddress
 import json
 import math
+import socket
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -382,11 +384,59 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 
 _RETRYABLE = frozenset({408, 425, 429})
 
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+# cloud metadata services outside the link-local ranges: AWS over IPv6, Alibaba Cloud
+METADATA = frozenset({ipaddress.ip_address("fd00:ec2::254"), ipaddress.ip_address("100.100.100.200")})
+
+
+def forbidden_address(ip: Address) -> str | None:
+    """Why a notification must not go to `ip`, or None.
+
+    An admin key must not turn a channel into a way to post to a cloud metadata service
+    (link-local 169.254.169.254 and the addresses in METADATA) and read its answer back in
+    the delivery error. Loopback and private networks stay allowed: alert routers inside
+    the company network are a normal destination.
+    """
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.is_link_local or ip in METADATA:
+        return "a cloud metadata address"
+    if ip.is_unspecified or ip.is_multicast:
+        return "an address that is not a host"
+    return None
+
+
+def forbidden_host(url: str) -> str | None:
+    """Why `url`'s host must not be posted to, checked on every address it resolves to now.
+
+    Resolved at each attempt, so a name pointed at a forbidden address later is caught too;
+    a name that does not resolve is left to the request, which reports it as usual.
+    """
+    parts = httpx.URL(url)
+    host = parts.host
+    try:
+        return forbidden_address(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, parts.port or (443 if parts.scheme == "https" else 80))
+    except OSError:
+        return None
+    for info in infos:
+        reason = forbidden_address(ipaddress.ip_address(str(info[4][0]).split("%")[0]))
+        if reason is not None:
+            return reason
+    return None
+
 
 def post(
     transport: httpx.BaseTransport, url: str, body: bytes, headers: dict[str, str], timeout: float
 ) -> Outcome:
     """POST once. 2xx delivered; 408, 425, 429, 5xx and network failures are worth retrying; the rest not."""
+    refused = forbidden_host(url)
+    if refused is not None:
+        return Outcome(False, retryable=False, error=f"not sent: the channel's host resolves to {refused}")
     request = httpx.Request(
         "POST", url, content=body, headers=headers, extensions={"timeout": httpx.Timeout(timeout).as_dict()}
     )

@@ -11,12 +11,14 @@ import hashlib
 import hmac
 import logging
 import re
+import socket
 import time
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
-from driftline.alerts import SCHEMA_VERSION
+from driftline.alerts import SCHEMA_VERSION, notifiers
 from driftline.config import Settings
 from driftline.ingest.app import create_app
 from tests.alerts.conftest import (
@@ -249,6 +251,30 @@ def test_a_refusal_that_cannot_heal_is_dead_at_once(api: Api) -> None:
         assert len(hook.requests) == 1
 
 
+def test_a_channel_resolving_to_cloud_metadata_is_never_posted_to(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A name that resolves to a link-local address (checked at each attempt): dead at once, nothing sent."""
+    real = socket.getaddrinfo
+    asked: list[str] = []
+
+    def resolve(host: str, *args: Any, **kwargs: Any) -> Any:
+        if host == "metadata.example":
+            asked.append(host)
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("169.254.169.254", 80))]
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    register(api)
+    disable_defaults(api)
+    channel(api, "hook", "http://metadata.example/latest/meta-data")  # a name: accepted when created
+    rule(api, name="any drift", selector={"detector": "feature_drift"})
+    feed(api, [drift_row(0, True)], 0, 0)
+    (item,) = wait_outbox(api, lambda items: items and items[0]["state"] == "dead")
+    assert item["attempts"] == 1 and item["last_status"] is None
+    assert "cloud metadata" in item["last_error"] and asked == ["metadata.example"]
+
+
 def test_persistence_repeat_and_resolve_as_configured(api: Api) -> None:
     with Receiver(secret=SECRET) as hook:
         register(api)
@@ -424,3 +450,22 @@ def test_timing_of_backoff_is_exponential_and_capped() -> None:
         full = min(2 ** (n - 1), 10.0)
         assert full / 2 <= d <= full
     assert timedelta(seconds=max(delays)) <= timedelta(seconds=10)
+
+
+@pytest.mark.parametrize(
+    ("url", "refused"),
+    [
+        ("http://169.254.169.254/latest/meta-data", True),
+        ("http://[::ffff:169.254.169.254]/", True),
+        ("http://[fe80::1]/", True),
+        ("http://[fd00:ec2::254]/", True),
+        ("http://100.100.100.200/", True),
+        ("http://0.0.0.0:8080/", True),
+        ("http://224.0.0.1/", True),
+        ("http://127.0.0.1:9/hook", False),
+        ("http://10.1.2.3/alerts", False),
+        ("http://[::1]:9/hook", False),
+    ],
+)
+def test_which_addresses_notifications_may_not_reach(url: str, refused: bool) -> None:
+    assert (notifiers.forbidden_host(url) is not None) is refused

@@ -7,6 +7,7 @@ and never come out: responses show a hint (scheme and host) and whether a secret
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import time
 from datetime import datetime
@@ -16,6 +17,7 @@ from urllib.parse import urlsplit
 from fastapi import APIRouter, Path, Query, Response
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
+from driftline.alerts import notifiers
 from driftline.alerts.notifiers import iso
 from driftline.alerts.rules import CHANNEL_NAME_PATTERN, RULE_NAME_PATTERN, RuleSpec
 from driftline.alerts.service import parse_rule
@@ -52,6 +54,13 @@ def check_url(value: SecretStr) -> SecretStr:
     parts = urlsplit(text)
     if parts.scheme not in ("http", "https") or not parts.hostname or len(text) > 2000:
         raise ValueError("must be an http(s) URL with a host, at most 2000 characters")
+    try:
+        literal = ipaddress.ip_address(parts.hostname)
+    except ValueError:
+        return value  # a name: checked on every address it resolves to when a notification is sent
+    reason = notifiers.forbidden_address(literal)
+    if reason is not None:
+        raise ValueError(f"must not point at {reason}")
     return value
 
 
