@@ -436,7 +436,7 @@ def post(
     """POST once. 2xx delivered; 408, 425, 429, 5xx and network failures are worth retrying; the rest not."""
     refused = forbidden_host(url)
     if refused is not None:
-        return Outcome(False, retryable=False, error=f"not sent: the channel's host resolves to {refused}")
+        return Outcome(False, retryable=False, error=f"not sent: the URL's host resolves to {refused}")
     request = httpx.Request(
         "POST", url, content=body, headers=headers, extensions={"timeout": httpx.Timeout(timeout).as_dict()}
     )
