@@ -407,6 +407,14 @@ def forbidden_address(ip: Address) -> str | None:
     return None
 
 
+def ip_literal(host: str) -> Address | None:
+    """The address a URL's host spells out, or None for a name."""
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
 def forbidden_host(url: str) -> str | None:
     """Why `url`'s host must not be posted to, checked on every address it resolves to now.
 
@@ -415,10 +423,9 @@ def forbidden_host(url: str) -> str | None:
     """
     parts = httpx.URL(url)
     host = parts.host
-    try:
-        return forbidden_address(ipaddress.ip_address(host))
-    except ValueError:
-        pass
+    literal = ip_literal(host)
+    if literal is not None:
+        return forbidden_address(literal)
     try:
         infos = socket.getaddrinfo(host, parts.port or (443 if parts.scheme == "https" else 80))
     except OSError:

@@ -7,6 +7,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 import pandas as pd
+import plotly.graph_objects as go
 import pytest
 from typer.testing import CliRunner
 
@@ -177,8 +178,8 @@ def test_an_empty_reliability_diagram_says_why() -> None:
     bins = [{"count": 50, "mean_score": 0.1 * i + 0.05, "observed_rate": 0.1 * i} for i in range(10)]
     judged = {**few, "value": 0.02, "status": "ok", "details": {"labelled": 500, "reliability": bins}}
 
-    def text(fig: object) -> list[str]:
-        return [a.text for a in fig.layout.annotations]  # type: ignore[attr-defined]
+    def text(fig: go.Figure) -> list[str]:
+        return [a.text for a in fig.layout.annotations]
 
     assert text(performance.reliability(metrics_frame([few]), window)) == ["41 labelled rows, fewer than 100"]
     assert text(performance.reliability(metrics_frame([]), window)) == ["no labelled rows in this window"]

@@ -107,12 +107,9 @@ def reliability(rows: pd.DataFrame, window: pd.Timestamp | None) -> go.Figure:
     ok = ui.ok(whole)
     if not ok.empty and isinstance(ok["details"].iloc[-1], dict):
         return charts.reliability(list(ok["details"].iloc[-1].get("reliability") or []), title)
-    if (
-        not whole.empty
-        and isinstance(whole["details"].iloc[-1], dict)
-        and whole["details"].iloc[-1].get("reason")
-    ):
-        return charts.reliability([], title, reason=str(whole["details"].iloc[-1]["reason"]))
+    last = whole["details"].iloc[-1] if not whole.empty else None
+    if isinstance(last, dict) and last.get("reason"):
+        return charts.reliability([], title, reason=str(last["reason"]))
     return charts.reliability([], title)
 
 

@@ -7,7 +7,6 @@ and never come out: responses show a hint (scheme and host) and whether a secret
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import time
 from datetime import datetime
@@ -54,11 +53,9 @@ def check_url(value: SecretStr) -> SecretStr:
     parts = urlsplit(text)
     if parts.scheme not in ("http", "https") or not parts.hostname or len(text) > 2000:
         raise ValueError("must be an http(s) URL with a host, at most 2000 characters")
-    try:
-        literal = ipaddress.ip_address(parts.hostname)
-    except ValueError:
-        return value  # a name: checked on every address it resolves to when a notification is sent
-    reason = notifiers.forbidden_address(literal)
+    # a name is checked on every address it resolves to, each time a notification is sent
+    literal = notifiers.ip_literal(parts.hostname)
+    reason = notifiers.forbidden_address(literal) if literal is not None else None
     if reason is not None:
         raise ValueError(f"must not point at {reason}")
     return value
