@@ -415,48 +415,110 @@ def ip_literal(host: str) -> Address | None:
         return None
 
 
-def forbidden_host(url: str) -> str | None:
-    """Why `url`'s host must not be posted to, checked on every address it resolves to now.
+@dataclass(frozen=True)
+class Destination:
+    """Where one attempt may connect: the addresses checked, or why none may be used.
 
-    Resolved at each attempt, so a name pointed at a forbidden address later is caught too;
-    a name that does not resolve is left to the request, which reports it as usual.
+    `addresses` is empty when the host is an IP literal or does not resolve: the request
+    then goes to the URL as written (a literal names its one address; a name that does not
+    resolve fails in the request, which reports it as usual).
+    """
+
+    addresses: tuple[str, ...] = ()
+    refused: str | None = None
+
+
+def destination(url: str) -> Destination:
+    """Resolve `url`'s host once and check every address it resolves to now.
+
+    Resolved at each attempt, so a name pointed at a forbidden address later is caught too,
+    and the attempt connects to these very addresses (see `post`): a second lookup by the
+    HTTP client could be answered differently than the one checked.
     """
     parts = httpx.URL(url)
     host = parts.host
     literal = ip_literal(host)
     if literal is not None:
-        return forbidden_address(literal)
+        return Destination(refused=forbidden_address(literal))
     try:
-        infos = socket.getaddrinfo(host, parts.port or (443 if parts.scheme == "https" else 80))
+        infos = socket.getaddrinfo(
+            parts.raw_host.decode("ascii"),
+            parts.port or (443 if parts.scheme == "https" else 80),
+            type=socket.SOCK_STREAM,
+        )
     except OSError:
-        return None
+        return Destination()
+    addresses: list[str] = []
     for info in infos:
-        reason = forbidden_address(ipaddress.ip_address(str(info[4][0]).split("%")[0]))
+        address = str(info[4][0]).split("%")[0]
+        reason = forbidden_address(ipaddress.ip_address(address))
         if reason is not None:
-            return reason
-    return None
+            return Destination(refused=reason)
+        if address not in addresses:
+            addresses.append(address)
+    return Destination(tuple(addresses))
+
+
+def forbidden_host(url: str) -> str | None:
+    """Why `url`'s host must not be posted to, checked on every address it resolves to now."""
+    return destination(url).refused
+
+
+def _requests(
+    url: str, body: bytes, headers: dict[str, str], timeout: float, dest: Destination
+) -> list[httpx.Request]:
+    """One request per checked address, in the resolver's order, each pinned to its address.
+
+    The Host header and the TLS server name stay the URL's host, so virtual hosts and
+    certificate checks see the name the channel was configured with.
+    """
+    extensions: dict[str, Any] = {"timeout": httpx.Timeout(timeout).as_dict()}
+    if not dest.addresses:
+        return [httpx.Request("POST", url, content=body, headers=headers, extensions=extensions)]
+    parts = httpx.URL(url)
+    pinned_headers = {**headers, "Host": parts.netloc.decode("ascii")}
+    pinned_extensions = {**extensions, "sni_hostname": parts.raw_host.decode("ascii")}
+    return [
+        httpx.Request(
+            "POST",
+            parts.copy_with(host=address),
+            content=body,
+            headers=pinned_headers,
+            extensions=pinned_extensions,
+        )
+        for address in dest.addresses
+    ]
 
 
 def post(
     transport: httpx.BaseTransport, url: str, body: bytes, headers: dict[str, str], timeout: float
 ) -> Outcome:
-    """POST once. 2xx delivered; 408, 425, 429, 5xx and network failures are worth retrying; the rest not."""
-    refused = forbidden_host(url)
-    if refused is not None:
-        return Outcome(False, retryable=False, error=f"not sent: the URL's host resolves to {refused}")
-    request = httpx.Request(
-        "POST", url, content=body, headers=headers, extensions={"timeout": httpx.Timeout(timeout).as_dict()}
-    )
-    try:
-        response = transport.handle_request(request)
+    """POST once. 2xx delivered; 408, 425, 429, 5xx and network failures are worth retrying; the rest not.
+
+    The attempt connects only to addresses checked by `destination`, trying the next one
+    when an address refuses the connection, as a client given the name would.
+    """
+    dest = destination(url)
+    if dest.refused is not None:
+        return Outcome(False, retryable=False, error=f"not sent: the URL's host resolves to {dest.refused}")
+    response: httpx.Response | None = None
+    failure = ""
+    for request in _requests(url, body, headers, timeout, dest):
         try:
-            response.read()
-        finally:
-            response.close()
-    except httpx.TimeoutException as exc:
-        return Outcome(False, error=f"timed out ({type(exc).__name__})")
-    except httpx.HTTPError as exc:
-        return Outcome(False, error=f"{type(exc).__name__}: {exc}")
+            response = transport.handle_request(request)
+            try:
+                response.read()
+            finally:
+                response.close()
+            break
+        except httpx.ConnectError as exc:
+            failure = f"{type(exc).__name__}: {exc}"  # the next address, if any
+        except httpx.TimeoutException as exc:
+            return Outcome(False, error=f"timed out ({type(exc).__name__})")
+        except httpx.HTTPError as exc:
+            return Outcome(False, error=f"{type(exc).__name__}: {exc}")
+    if response is None:
+        return Outcome(False, error=failure)
     status = response.status_code
     if 200 <= status < 300:
         return Outcome(True, status=status)

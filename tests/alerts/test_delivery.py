@@ -12,11 +12,18 @@ import hmac
 import logging
 import re
 import socket
+import ssl
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from driftline.alerts import SCHEMA_VERSION, notifiers
 from driftline.config import Settings
@@ -469,3 +476,104 @@ def test_timing_of_backoff_is_exponential_and_capped() -> None:
 )
 def test_which_addresses_notifications_may_not_reach(url: str, refused: bool) -> None:
     assert (notifiers.forbidden_host(url) is not None) is refused
+
+
+def _resolving(monkeypatch: pytest.MonkeyPatch, answers: list[list[str]]) -> list[str]:
+    """`hook.example` resolves to the next of `answers` at each lookup (the last one repeats)."""
+    real = socket.getaddrinfo
+    asked: list[str] = []
+
+    def resolve(host: str, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host != "hook.example":
+            return real(host, port, *args, **kwargs)
+        asked.append(host)
+        addresses = answers[min(len(asked), len(answers)) - 1]
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, int(port))) for a in addresses]
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    return asked
+
+
+def _post(url: str, transport: Any = None) -> notifiers.Outcome:
+    transport = transport or httpx.HTTPTransport(retries=0)
+    try:
+        return notifiers.post(transport, url, b"{}", {"Content-Type": "application/json"}, 5.0)
+    finally:
+        transport.close()
+
+
+def test_an_attempt_connects_to_the_address_it_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The name is looked up once per attempt: a second answer, pointing at metadata, is never used."""
+    asked = _resolving(monkeypatch, [["127.0.0.1"], ["169.254.169.254"]])
+    with Receiver() as hook:
+        outcome = _post(f"http://hook.example:{hook.port}/hook")
+        assert outcome.ok, outcome.error
+        (got,) = hook.requests
+        assert got.headers["host"] == f"hook.example:{hook.port}"
+        assert asked == ["hook.example"]
+        # the next attempt looks again, and refuses what the name points at now
+        again = _post(f"http://hook.example:{hook.port}/hook")
+        assert not again.ok and not again.retryable and "cloud metadata" in again.error
+        assert len(hook.requests) == 1
+
+
+def test_an_attempt_tries_each_checked_address_in_turn(monkeypatch: pytest.MonkeyPatch) -> None:
+    _resolving(monkeypatch, [["127.0.0.2", "127.0.0.1"]])  # nothing listens on 127.0.0.2
+    with Receiver() as hook:
+        outcome = _post(f"http://hook.example:{hook.port}/hook")
+        assert outcome.ok, outcome.error
+        assert len(hook.requests) == 1
+    with DeadPort() as dead:
+        outcome = _post(f"http://hook.example:{dead.port}/hook")
+    assert not outcome.ok and outcome.retryable and "ConnectError" in outcome.error
+
+
+def _certificate(tmp_path: Path, name: str) -> tuple[Path, Path]:
+    """A self-signed certificate for `name` and its key, as PEM files."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / f"{name}.pem", tmp_path / f"{name}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_path, key_path
+
+
+@pytest.mark.parametrize("served_name", ["hook.example", "other.example"])
+def test_a_pinned_https_attempt_checks_the_certificate_of_the_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, served_name: str
+) -> None:
+    """Connecting to the checked address still verifies the certificate against the URL's host."""
+    _resolving(monkeypatch, [["127.0.0.1"]])
+    cert, key = _certificate(tmp_path, served_name)
+    server_side = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_side.load_cert_chain(cert, key)
+    trusted = ssl.create_default_context(cafile=str(cert))
+    hook = Receiver()
+    hook._server.socket = server_side.wrap_socket(hook._server.socket, server_side=True)
+    with hook:
+        outcome = _post(
+            f"https://hook.example:{hook.port}/hook", httpx.HTTPTransport(verify=trusted, retries=0)
+        )
+    if served_name == "hook.example":
+        assert outcome.ok, outcome.error
+        assert hook.requests[0].headers["host"] == f"hook.example:{hook.port}"
+    else:
+        assert not outcome.ok and "certificate" in outcome.error.lower()
+        assert hook.requests == []
