@@ -20,6 +20,8 @@ keys_app = typer.Typer(help="API keys: create, list, revoke (works on the metada
 app.add_typer(keys_app, name="keys")
 alerts_app = typer.Typer(help="Alert channels and notifications (through a running API).")
 app.add_typer(alerts_app, name="alerts")
+secrets_app = typer.Typer(help="The deployment secret (works on the metadata store directly).")
+app.add_typer(secrets_app, name="secrets")
 
 ApiUrl = Annotated[str, typer.Option("--api", envvar="DRIFTLINE_API_URL", help="Base URL of a running API.")]
 ApiKey = Annotated[str, typer.Option("--key", envvar="DRIFTLINE_API_KEY", help="An API key for that API.")]
@@ -159,6 +161,36 @@ def keys_revoke(key: Annotated[str, typer.Argument(help="The key's id or its pre
         typer.echo(f"no active key {key}", err=True)
         raise typer.Exit(1)
     typer.echo(f"revoked {key}")
+
+
+@secrets_app.command("rotate")
+def secrets_rotate() -> None:
+    """Seal stored channel and pipeline URLs and secrets again under DRIFTLINE_SECRET_KEY.
+
+    Run it after changing DRIFTLINE_SECRET_KEY with the old value in
+    DRIFTLINE_SECRET_KEY_PREVIOUS; once it reports nothing unreadable, the old value can go.
+    """
+    from driftline.alerts.crypto import SecretBox
+    from driftline.alerts.rotation import rotate
+    from driftline.config import previous_secret_keys, secret_key
+    from driftline.storage.meta import MetaStore
+
+    settings = get_settings()
+    store = MetaStore.from_settings(settings)
+    store.migrate()
+    box = SecretBox(secret_key(settings), previous_secret_keys(settings))
+    with store.session() as session:
+        report = rotate(session, box)
+    typer.echo(
+        f"sealed again: {report.resealed}, already current: {report.current}, "
+        f"changed meanwhile (current already): {report.changed_meanwhile}"
+    )
+    for label in report.unreadable:
+        typer.echo(
+            f"unreadable with the configured secrets: {label} (set its URL and secret again)", err=True
+        )
+    if report.unreadable:
+        raise typer.Exit(1)
 
 
 _MEDIA = {

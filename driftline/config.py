@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -35,6 +35,11 @@ class Settings(BaseSettings):
     bootstrap_key: SecretStr | None = Field(default=None, description="Created as an admin key of 'default'.")
     secret_key: SecretStr | None = Field(
         default=None, description="Keys PII hashing and secret encryption; generated under home when unset."
+    )
+    secret_key_previous: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="Earlier secret keys, comma-separated: channel URLs and secrets stored under them "
+        "still open; `driftline secrets rotate` seals them again under the current key.",
     )
 
     host: str = "127.0.0.1"
@@ -119,6 +124,13 @@ class Settings(BaseSettings):
         description="How long a sender holds a notification it is sending; a crashed sender's wait this long.",
     )
 
+    @field_validator("secret_key_previous", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
     @field_validator("home", "spool_dir", "events_dir", mode="after")
     @classmethod
     def _expand(cls, value: Path | None) -> Path | None:
@@ -179,3 +191,8 @@ def secret_key(settings: Settings) -> bytes:
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_urlsafe(48))
     return path.read_text().strip().encode()
+
+
+def previous_secret_keys(settings: Settings) -> list[bytes]:
+    """Secrets that were current before a rotation: they still open what they sealed."""
+    return [key.get_secret_value().encode() for key in settings.secret_key_previous]

@@ -9,9 +9,10 @@ hint: the scheme and host, never the path or query that carry the token.
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 from urllib.parse import parse_qsl, urlsplit
 
-from cryptography.fernet import Fernet, InvalidToken
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
@@ -26,13 +27,24 @@ class SecretUnreadable(DriftlineError):
     status_code = 500
 
 
+def _fernet(deployment_secret: bytes) -> Fernet:
+    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_INFO).derive(deployment_secret)
+    return Fernet(base64.urlsafe_b64encode(key))
+
+
 class SecretBox:
-    def __init__(self, deployment_secret: bytes) -> None:
-        key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_INFO).derive(deployment_secret)
-        self._fernet = Fernet(base64.urlsafe_b64encode(key))
+    """Seals under the current deployment secret; opens what it or an earlier one sealed.
+
+    Earlier secrets (DRIFTLINE_SECRET_KEY_PREVIOUS) keep a rotation from breaking delivery:
+    tokens sealed before it still open until `driftline secrets rotate` seals them again.
+    """
+
+    def __init__(self, deployment_secret: bytes, previous: Sequence[bytes] = ()) -> None:
+        self._current = _fernet(deployment_secret)
+        self._fernet = MultiFernet([self._current, *(_fernet(p) for p in previous)])
 
     def seal(self, plaintext: str) -> str:
-        return self._fernet.encrypt(plaintext.encode("utf-8")).decode("ascii")
+        return self._current.encrypt(plaintext.encode("utf-8")).decode("ascii")
 
     def open(self, token: str) -> str:
         try:
@@ -40,8 +52,20 @@ class SecretBox:
         except (InvalidToken, ValueError) as exc:
             raise SecretUnreadable(
                 "a stored channel URL or secret does not decrypt: was DRIFTLINE_SECRET_KEY changed? "
-                "Set the URL (and secret) again"
+                "Put the old value in DRIFTLINE_SECRET_KEY_PREVIOUS, or set the URL (and secret) again"
             ) from exc
+
+    def is_current(self, token: str) -> bool:
+        """Whether the current secret alone opens `token`."""
+        try:
+            self._current.decrypt(token.encode("ascii"))
+        except (InvalidToken, ValueError):
+            return False
+        return True
+
+    def reseal(self, token: str) -> str:
+        """`token`'s content sealed under the current secret (SecretUnreadable when no secret opens it)."""
+        return self.seal(self.open(token))
 
 
 def url_hint(url: str) -> str:

@@ -29,7 +29,7 @@ from driftline.alerts.metrics import AlertMetrics
 from driftline.alerts.outbox import Sender
 from driftline.alerts.rules import RuleSpec, Series
 from driftline.alerts.state import Observation, Policy, advance, worth_keeping
-from driftline.config import Settings, secret_key
+from driftline.config import Settings, previous_secret_keys, secret_key
 from driftline.detectors.results import MetricsQuery, MetricsTable
 from driftline.detectors.runner import RunResult
 from driftline.errors import Conflict, DriftlineError, InvalidInput, NotFound, StoreError
@@ -98,7 +98,7 @@ class AlertService:
         self.table = table
         self.metrics = metrics
         self.clock = clock
-        self.box = SecretBox(secret_key(settings))
+        self.box = SecretBox(secret_key(settings), previous_secret_keys(settings))
         self.sender: Sender | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
