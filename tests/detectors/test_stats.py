@@ -279,3 +279,56 @@ def test_statistics_from_summaries_agree_with_scipy_and_evidently(event_engine: 
             got, p = mth.statistic(mth.fit(r), c)
             want = float(test(sa, sb, ctype, None).drift_score)
             assert (p if mth.test else got) == pytest.approx(want, rel=1e-6, abs=1e-12), (name, method)
+
+
+def test_ks_sizes_cap_the_effective_size_and_keep_the_ratio() -> None:
+    assert stats.ks_sizes(800, 1200) == (800, 1200)  # effective 480: as SciPy
+    n1, n2 = stats.ks_sizes(1_000_000, 250_000)
+    assert n1 * n2 / (n1 + n2) == pytest.approx(stats.KS_SUMMARY_MAX_N, rel=1e-3)
+    assert n1 / n2 == pytest.approx(4.0, rel=1e-3)
+
+
+N_LARGE = 300_000
+LARGE = {
+    "name": "large",
+    "task": "binary",
+    "features": [
+        {"name": name, "kind": "numeric"} for name in ("normal", "skewed", "bimodal", "uniform", "shifted")
+    ],
+}
+
+
+def _large(rng: np.random.Generator, n: int, current: bool) -> dict[str, np.ndarray]:
+    return {
+        "normal": rng.normal(0, 1, n),
+        "skewed": rng.lognormal(0, 0.7, n),
+        "bimodal": np.where(rng.random(n) < 0.5, rng.normal(-2, 0.5, n), rng.normal(2, 0.5, n)),
+        "uniform": rng.uniform(0, 10, n),
+        "shifted": rng.normal(0.1 if current else 0.0, 1, n),
+    }
+
+
+def test_ks_on_large_summarised_windows_judges_the_data_not_the_summary(event_engine: EventEngine) -> None:
+    """300,000 rows a side: at full size, a p-value would judge the summaries' own error and flag columns that do not drift."""
+    rng = np.random.default_rng(11)
+    ref, cur = _large(rng, N_LARGE, False), _large(rng, N_LARGE, True)
+    m = Loaded(event_engine, LARGE)
+    m.reference(ref)
+    # four busy hours: beyond TDIGEST_ROWS an hour's t-digest sees a sample of its rows
+    m.predictions({"timestamp": T0 + np.arange(N_LARGE, dtype=np.int64) * 4 * 3600 // N_LARGE, **cur})
+    ctx, _ = m.runner.context(PROJECT, m.model, T0, T0 + DAY, DAY, now=T0 + 400 * DAY)
+    live, whole = ctx.live["v1"], ctx.references["v1"].whole
+    ks = methods.get("ks", ColumnKind.NUMERIC)
+    for name in LARGE["features"]:
+        feature = name["name"]
+        r = methods.sample(whole, 0, feature, ColumnKind.NUMERIC)
+        c = methods.sample(live, 0, feature, ColumnKind.NUMERIC)
+        assert (r.n, c.n) == (N_LARGE, N_LARGE)
+        score = ks.score(ks.fit(r), c)
+        want = scipy.stats.ks_2samp(ref[feature], cur[feature])
+        assert abs(score.statistic - want.statistic) < 0.01, feature
+        assert score.p_value is not None
+        if feature == "shifted":  # a tenth of a standard deviation: D about 0.04
+            assert score.drift and score.p_value < 1e-9 and want.pvalue < 1e-9, (feature, score)
+        else:
+            assert not score.drift and score.p_value > 0.2, (feature, score, want.pvalue)
