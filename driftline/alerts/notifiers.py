@@ -505,18 +505,20 @@ def post(
     failure = ""
     for request in _requests(url, body, headers, timeout, dest):
         try:
-            response = transport.handle_request(request)
+            got = transport.handle_request(request)
             try:
-                response.read()
+                got.read()
             finally:
-                response.close()
-            break
+                got.close()
         except httpx.ConnectError as exc:
             failure = f"{type(exc).__name__}: {exc}"  # the next address, if any
+            continue
         except httpx.TimeoutException as exc:
             return Outcome(False, error=f"timed out ({type(exc).__name__})")
         except httpx.HTTPError as exc:
             return Outcome(False, error=f"{type(exc).__name__}: {exc}")
+        response = got
+        break
     if response is None:
         return Outcome(False, error=failure)
     status = response.status_code
