@@ -65,6 +65,7 @@ class Receiver:
         self.requests: list[Received] = []
         self.processed: Counter[str] = Counter()
         self.duplicates: Counter[str] = Counter()
+        self.truncated = 0  # bodies cut short by a sender that died mid-send, never processed
         self.holding = threading.Event()
         self.release = threading.Event()
         self._lock = threading.Lock()
@@ -75,6 +76,10 @@ class Receiver:
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length)
+                if len(body) < length:
+                    # the sender went away mid-body (killed): no request reached the consumer
+                    receiver.truncated += 1
+                    return
                 receiver._handle(self, body)
 
             def log_message(self, format: str, *args: Any) -> None:
