@@ -55,17 +55,16 @@ class SecretBox:
                 "Put the old value in DRIFTLINE_SECRET_KEY_PREVIOUS, or set the URL (and secret) again"
             ) from exc
 
-    def is_current(self, token: str) -> bool:
-        """Whether the current secret alone opens `token`."""
+    def reseal(self, token: str) -> str | None:
+        """`token`'s content sealed under the current secret; None when it already is.
+
+        SecretUnreadable when no configured secret opens it.
+        """
         try:
             self._current.decrypt(token.encode("ascii"))
+            return None
         except (InvalidToken, ValueError):
-            return False
-        return True
-
-    def reseal(self, token: str) -> str:
-        """`token`'s content sealed under the current secret (SecretUnreadable when no secret opens it)."""
-        return self.seal(self.open(token))
+            return self.seal(self.open(token))
 
 
 def url_hint(url: str) -> str:

@@ -459,11 +459,6 @@ def destination(url: str) -> Destination:
     return Destination(tuple(addresses))
 
 
-def forbidden_host(url: str) -> str | None:
-    """Why `url`'s host must not be posted to, checked on every address it resolves to now."""
-    return destination(url).refused
-
-
 def _requests(
     url: str, body: bytes, headers: dict[str, str], timeout: float, dest: Destination
 ) -> list[httpx.Request]:

@@ -12,8 +12,9 @@ sealed under the current secret anyway. Running it again changes nothing.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import CursorResult, Select, select, update
 from sqlalchemy.orm import Session
 
 from driftline.alerts.crypto import SecretBox, SecretUnreadable
@@ -29,63 +30,65 @@ class RotationReport:
     unreadable: list[str] = field(default_factory=list)  # rows no configured secret opens
 
 
-def _reseal_row(box: SecretBox, url_token: str, secret_token: str | None) -> tuple[str, str | None] | None:
-    """New tokens for a row, or None when both are current already."""
-    if box.is_current(url_token) and (secret_token is None or box.is_current(secret_token)):
-        return None
-    return box.reseal(url_token), None if secret_token is None else box.reseal(secret_token)
-
-
 def _rotate(
-    session: Session, box: SecretBox, table: type[Channel] | type[RetrainingPolicy], labels: dict[int, str]
-) -> RotationReport:
-    report = RotationReport()
-    rows = session.execute(select(table.id, table.url_token, table.secret_token).order_by(table.id)).all()
-    for row_id, url_token, secret_token in rows:
+    session: Session,
+    box: SecretBox,
+    table: type[Channel] | type[RetrainingPolicy],
+    rows: Select[int, str, str | None, str],
+    report: RotationReport,
+) -> None:
+    """`rows` selects (id, url token, secret token, label) of `table`."""
+    for row_id, url_token, secret_token, label in session.execute(rows).all():
         try:
-            sealed = _reseal_row(box, url_token, secret_token)
+            new_url = box.reseal(url_token)
+            new_secret = None if secret_token is None else box.reseal(secret_token)
         except SecretUnreadable:
-            report.unreadable.append(labels[row_id])
+            report.unreadable.append(label)
             continue
-        if sealed is None:
+        if new_url is None and new_secret is None:
             report.current += 1
             continue
         same_secret = (
             table.secret_token.is_(None) if secret_token is None else table.secret_token == secret_token
         )
-        done = session.execute(
-            update(table)
-            .where(table.id == row_id, table.url_token == url_token, same_secret)
-            .values(url_token=sealed[0], secret_token=sealed[1])
+        done = cast(
+            CursorResult[Any],
+            session.execute(
+                update(table)
+                .where(table.id == row_id, table.url_token == url_token, same_secret)
+                .values(url_token=new_url or url_token, secret_token=new_secret or secret_token)
+            ),
         )
-        if done.rowcount:  # type: ignore[attr-defined]
+        if done.rowcount:
             report.resealed += 1
         else:
             report.changed_meanwhile += 1
-    return report
 
 
 def rotate(session: Session, box: SecretBox) -> RotationReport:
     """Seal every channel's and retraining policy's URL and secret under the current secret."""
-    channels = {
-        cid: f"channel {project}/{name}"
-        for cid, project, name in session.execute(
-            select(Channel.id, Project.name, Channel.name).join(Project, Project.id == Channel.project_id)
+    report = RotationReport()
+    channels = (
+        select(
+            Channel.id,
+            Channel.url_token,
+            Channel.secret_token,
+            "channel " + Project.name + "/" + Channel.name,
         )
-    }
-    policies = {
-        pid: f"retraining policy of {project}/{model}"
-        for pid, project, model in session.execute(
-            select(RetrainingPolicy.id, Project.name, Model.name)
-            .join(Model, Model.id == RetrainingPolicy.model_id)
-            .join(Project, Project.id == Model.project_id)
+        .join(Project, Project.id == Channel.project_id)
+        .order_by(Channel.id)
+    )
+    policies = (
+        select(
+            RetrainingPolicy.id,
+            RetrainingPolicy.url_token,
+            RetrainingPolicy.secret_token,
+            "retraining policy of " + Project.name + "/" + Model.name,
         )
-    }
-    total = RotationReport()
-    for table, labels in ((Channel, channels), (RetrainingPolicy, policies)):
-        part = _rotate(session, box, table, labels)
-        total.resealed += part.resealed
-        total.current += part.current
-        total.changed_meanwhile += part.changed_meanwhile
-        total.unreadable.extend(part.unreadable)
-    return total
+        .join(Model, Model.id == RetrainingPolicy.model_id)
+        .join(Project, Project.id == Model.project_id)
+        .order_by(RetrainingPolicy.id)
+    )
+    _rotate(session, box, Channel, channels, report)
+    _rotate(session, box, RetrainingPolicy, policies, report)
+    return report

@@ -475,7 +475,7 @@ def test_timing_of_backoff_is_exponential_and_capped() -> None:
     ],
 )
 def test_which_addresses_notifications_may_not_reach(url: str, refused: bool) -> None:
-    assert (notifiers.forbidden_host(url) is not None) is refused
+    assert (notifiers.destination(url).refused is not None) is refused
 
 
 def _resolving(monkeypatch: pytest.MonkeyPatch, answers: list[list[str]]) -> list[str]:

@@ -134,7 +134,7 @@ def test_a_channel_changed_during_a_rotation_keeps_its_new_value(settings: Setti
     store = MetaStore.from_settings(settings)
 
     class Meanwhile(SecretBox):
-        def reseal(self, token: str) -> str:
+        def reseal(self, token: str) -> str | None:
             with store.session() as other:  # another transaction commits a new URL meanwhile
                 other.execute(update(Channel).values(url_token=changed))
             return super().reseal(token)
