@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import driftline
 from driftline.config import Settings, get_settings
-from driftline.errors import DriftlineError, Unavailable
+from driftline.errors import DriftlineError
 from driftline.ingest import openapi as openapi_doc
 from driftline.ingest.api_models import (
     FeedbackBatch,
@@ -25,8 +25,10 @@ from driftline.ingest.api_models import (
     PredictionBatch,
     ReferenceBody,
 )
+from driftline.ingest.error_responses import error_response, validation_response
 from driftline.ingest.routers import alerts, detect, events, health, keys, models, retraining
 from driftline.ingest.routers import views as views_router
+from driftline.ingest.routers.events import DirectIngest
 from driftline.ingest.state import AppState
 from driftline.ingest.telemetry import Metrics, configure_logging, request_id_var
 
@@ -84,18 +86,6 @@ class ObserveMiddleware:
             request_id_var.reset(token)
 
 
-def _error_response(exc: DriftlineError) -> JSONResponse:
-    body: dict[str, Any] = {"detail": exc.message}
-    if isinstance(exc.details, dict):
-        body.update({k: v for k, v in exc.details.items() if k != "detail"})
-    elif exc.details is not None:
-        body["details"] = exc.details
-    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Unavailable) else None
-    if exc.status_code == 503 and headers is None:
-        headers = {"Retry-After": "5"}
-    return JSONResponse(body, status_code=exc.status_code, headers=headers)
-
-
 def create_app(settings: Settings | None = None, *, state: AppState | None = None) -> FastAPI:
     """The API; `state` lets a caller (the CLI's `up`) share stores with the scheduler."""
     settings = settings or get_settings()
@@ -133,21 +123,22 @@ def create_app(settings: Settings | None = None, *, state: AppState | None = Non
 
     @app.exception_handler(DriftlineError)
     async def on_driftline_error(request: Request, exc: DriftlineError) -> JSONResponse:
-        if exc.status_code >= 500:
-            log.warning("%s: %s", type(exc).__name__, exc.message)
-        return _error_response(exc)
+        return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [
-            {"field": ".".join(str(p) for p in e.get("loc", ()) if p != "body"), "error": e.get("msg", "")}
-            for e in exc.errors()
-        ][:50]
-        first = errors[0] if errors else {"field": "", "error": "invalid request"}
-        return JSONResponse(
-            {"detail": f"field {first['field']!r}: {first['error']}", "errors": errors}, status_code=422
+        return validation_response(
+            [
+                {
+                    "field": ".".join(str(p) for p in e.get("loc", ()) if p != "body"),
+                    "error": e.get("msg", ""),
+                }
+                for e in exc.errors()[:50]
+            ]
         )
 
+    # inside ObserveMiddleware, so the direct routes get request ids and metrics as all others
+    app.add_middleware(DirectIngest, routes=events.direct_routes(events.router.routes))
     app.add_middleware(ObserveMiddleware, metrics=metrics)
 
     def openapi() -> dict[str, Any]:

@@ -56,7 +56,8 @@ async def read_body(
             chunks.append(chunk)
 
     try:
-        await asyncio.wait_for(receive(), budget)
+        async with asyncio.timeout(budget):  # no task of its own, unlike wait_for
+            await receive()
     except TimeoutError as exc:
         raise RequestTimeout(
             f"the body did not arrive within {budget:.0f} s ({total} bytes received)"

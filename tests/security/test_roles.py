@@ -23,6 +23,7 @@ from fastapi.routing import APIRoute
 from driftline.config import Settings
 from driftline.ingest.app import create_app
 from driftline.ingest.deps import authenticate
+from driftline.ingest.routers import events
 from tests.conftest import ADMIN_KEY, Api
 from tests.security.conftest import World
 from tests.security.test_isolation import snapshot
@@ -31,6 +32,11 @@ from tests.security.world import ADMIN_READS, INGEST_WRITES, PUBLIC, Operation, 
 
 def _needs_key(dependant: Dependant) -> bool:
     return any(d.call is authenticate or _needs_key(d) for d in dependant.dependencies)
+
+
+def _keyed(route: APIRoute) -> bool:
+    """A key checked by a dependency, or by the ingest handler itself (probed below like every route)."""
+    return _needs_key(route.dependant) or route.path in events.DIRECT_PATHS
 
 
 def api_routes(routes: Sequence[Any]) -> Iterator[APIRoute]:
@@ -47,7 +53,7 @@ def test_only_the_probes_answer_without_a_key(world: World) -> None:
     api = world.api
     app = api.app
     routes = {
-        (method, re.sub(r":\w+}", "}", route.path)): _needs_key(route.dependant)
+        (method, re.sub(r":\w+}", "}", route.path)): _keyed(route)
         for route in api_routes(app.routes)  # type: ignore[attr-defined]
         for method in route.methods or ()
     }

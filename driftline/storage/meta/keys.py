@@ -226,6 +226,22 @@ class KeyCache:
         self._known: dict[str, KeyInfo] = {}
         self._lock = threading.Lock()
 
+    def known(self, plaintext: str) -> KeyInfo | None:
+        """Who a key seen before is, without asking the database: still to be confirmed active."""
+        if not isinstance(plaintext, str) or not plaintext or len(plaintext) > MAX_KEY_LENGTH:
+            return None
+        with self._lock:
+            return self._known.get(hash_key(plaintext))
+
+    def confirm(self, plaintext: str, info: KeyInfo, active: Callable[[int, str], bool]) -> bool:
+        """Whether a known key is still active; a revoked one is forgotten."""
+        digest = hash_key(plaintext)
+        if active(info.id, digest):
+            return True
+        with self._lock:
+            self._known.pop(digest, None)
+        return False
+
     def verify(
         self,
         plaintext: str,
@@ -235,19 +251,13 @@ class KeyCache:
         """`lookup` is the full check (KeyRepository.verify), `active` runs ACTIVE_KEY."""
         if not isinstance(plaintext, str) or not plaintext or len(plaintext) > MAX_KEY_LENGTH:
             return None
-        digest = hash_key(plaintext)
-        with self._lock:
-            known = self._known.get(digest)
+        known = self.known(plaintext)
         if known is not None:
-            if active(known.id, digest):
-                return known
-            with self._lock:
-                self._known.pop(digest, None)
-            return None
+            return known if self.confirm(plaintext, known, active) else None
         info = lookup(plaintext)
         if info is not None:
             with self._lock:
                 if len(self._known) >= self.max_entries:
                     self._known.clear()
-                self._known[digest] = info
+                self._known[hash_key(plaintext)] = info
         return info
