@@ -15,7 +15,7 @@ stops at the first unexpected bracket instead of descending into it.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -167,30 +167,60 @@ def read_records(
     rec = record_type(body, schema, kind)
     if rec is None:
         return None
+    read = _read([body], rec, model, max_rows, newlines=True)
+    return None if read is None else read[0]
+
+
+def read_lines(
+    bodies: Sequence[bytes], rec: pa.StructType, model: str, max_rows: int
+) -> tuple[pa.StructArray, list[int]] | None:
+    """The records of several bodies in one pass, and how many each body has; None when any declines.
+
+    One read of many bodies costs a fraction of one read each (the reader's fixed cost
+    is most of a small body's). Only bodies on one line each, and not blank, are taken:
+    the reader then parses line by line, a line can only hold whole objects and each
+    line holds at least one, so as many rows as bodies means row i is body i, and no
+    body can reach into the next.
+    """
+    if any(b"\n" in body or b"\r" in body or not body.strip() for body in bodies):
+        return None
+    return _read(bodies, rec, model, max_rows, newlines=False)
+
+
+def _read(
+    bodies: Sequence[bytes], rec: pa.StructType, model: str, max_rows: int, *, newlines: bool
+) -> tuple[pa.StructArray, list[int]] | None:
+    data = bodies[0] if len(bodies) == 1 else b"\n".join(bodies)
     explicit = pa.schema([("model", pa.string()), ("records", pa.list_(rec))])
     try:
         table = pajson.read_json(
-            pa.BufferReader(body),
-            read_options=pajson.ReadOptions(use_threads=False, block_size=len(body) + 1),
+            pa.BufferReader(data),
+            read_options=pajson.ReadOptions(use_threads=False, block_size=len(data) + 1),
             parse_options=pajson.ParseOptions(
-                explicit_schema=explicit, unexpected_field_behavior="error", newlines_in_values=True
+                explicit_schema=explicit, unexpected_field_behavior="error", newlines_in_values=newlines
             ),
         )
     except pa.ArrowException:
         return None  # whatever the reader cannot do, the checking path does or explains
-    if table.num_rows != 1 or table.column("model")[0].as_py() != model:
+    if table.num_rows != len(bodies):
+        return None
+    models = table.column("model")
+    if models.null_count or not pc.all(pc.equal(models, model)).as_py():
         return None
     lists = table.column("records").combine_chunks()
     if lists.null_count:
         return None
-    records = lists.flatten()
-    if not 0 < len(records) <= max_rows or records.null_count:
+    sizes = pc.list_value_length(lists).to_numpy(zero_copy_only=False)
+    if not ((sizes > 0) & (sizes <= max_rows)).all():
         return None
-    if not (body.isascii() or _valid_utf8(records)):
+    records = lists.flatten()
+    if records.null_count:
+        return None
+    if not (data.isascii() or _valid_utf8(records)):
         return None
     if not all_finite(records):
         return None  # NaN or Infinity: not JSON, the checking path says so
-    return records
+    return records, [int(n) for n in sizes]
 
 
 def _valid_utf8(arr: pa.Array) -> bool:

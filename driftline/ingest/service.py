@@ -68,13 +68,58 @@ def ingest_json(state: AppState, project: str, kind: Kind, body: bytes, model: s
         except DriftlineError:
             schema = None  # unknown model, or none to be had now: the checking path says which
         if schema is not None:
-            records = json_arrow.read_records(body, schema, kind, name, max_rows)
-            if records is not None:
-                return ingest(state, project, kind, name, records)
+            result = _ingest_typed(state, project, kind, name, schema, body)
+            if result is not None:
+                return result
     name, parsed = split_json(parse_json(body), max_rows)
     if model is not None and model != name:
         raise InvalidInput(f"?model={model!r} and the body's model {name!r} differ")
     return ingest(state, project, kind, name, parsed)
+
+
+def _ingest_typed(
+    state: AppState, project: str, kind: Kind, model: str, schema: ModelSchema, body: bytes
+) -> IngestResult | None:
+    """A body Arrow's reader can type, read together with the bodies that arrive with it.
+
+    None when the checking path must read it. Bodies of one model, kind and record type
+    that arrive while a group is being done are read in one pass, then checked and
+    spooled as one group (see `batching`).
+    """
+    rec = json_arrow.record_type(body, schema, kind)
+    if rec is None:
+        return None
+    result = state.bodies.submit(
+        (project, model, kind, rec),
+        body,
+        len(body),
+        lambda group: _ingest_lines(state, project, kind, model, rec, group),
+    )
+    if result is not None:
+        return _logged(result, project, kind, model)
+    # the group declined this body: read on its own, it is checked on its own
+    records = json_arrow.read_records(body, schema, kind, model, state.settings.max_batch_rows)
+    return None if records is None else ingest(state, project, kind, model, records)
+
+
+def _ingest_lines(
+    state: AppState, project: str, kind: Kind, model: str, rec: pa.StructType, bodies: Sequence[bytes]
+) -> list[IngestResult | BaseException | None]:
+    """One result per body of a group, or None for each when the group must be done body by body."""
+    read = json_arrow.read_lines(bodies, rec, model, state.settings.max_batch_rows)
+    if read is None:
+        return [None] * len(bodies)
+    records, sizes = read
+    if len(bodies) > 1 and len(records) >= state.settings.direct_insert_min_rows:
+        return [None] * len(bodies)  # a group is always spooled: each body takes its own way
+    try:
+        return list(_accept(state, project, kind, model, records, sizes))
+    except DriftlineError as exc:
+        if exc.status_code >= 500 or len(bodies) == 1:
+            raise
+        # a malformed body (or a group too big for the spool): each on its own, so every
+        # request gets exactly its own errors and nothing of a malformed one is stored
+        return [None] * len(bodies)
 
 
 def _build(state: AppState, kind: Kind, info: ModelInfo, src: Source, errors: RowErrors, now: float) -> Batch:
@@ -119,6 +164,10 @@ def ingest(state: AppState, project: str, kind: Kind, model: str, rows: Rows) ->
         )
     else:
         result = _accept(state, project, kind, model, rows, [n])[0]
+    return _logged(result, project, kind, model)
+
+
+def _logged(result: IngestResult, project: str, kind: Kind, model: str) -> IngestResult:
     log.info(
         "accepted %d %s",
         result.accepted,

@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+BODY_GROUP_BYTES = 8 * 1024 * 1024  # JSON bodies read in one pass at most
+
 
 @dataclass
 class AppState:
@@ -49,6 +51,7 @@ class AppState:
     runner: Runner
     alerts: AlertService
     batches: Coalescer[Rows, IngestResult]
+    bodies: Coalescer[bytes, IngestResult | None]
     recent: RecentKeys = field(default_factory=RecentKeys)
     scheduler: DetectionScheduler | None = None
 
@@ -100,6 +103,8 @@ class AppState:
             alerts=alerts,
             # a group stays below the direct-insert size, so it is always spooled
             batches=Coalescer(max_rows=settings.direct_insert_min_rows - 1),
+            # JSON bodies read in one pass, counted in bytes (rows are known once read)
+            bodies=Coalescer(max_rows=BODY_GROUP_BYTES),
         )
 
     @property

@@ -7,8 +7,10 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import orjson
+
 from driftline.errors import InvalidInput
-from driftline.ingest import service
+from driftline.ingest import json_arrow, service
 from driftline.ingest.batching import Coalescer
 from driftline.storage.events import Kind
 from tests.conftest import Api
@@ -113,6 +115,55 @@ def test_a_malformed_request_fails_alone_and_with_its_own_rows(api: Api) -> None
     assert isinstance(results[1], InvalidInput)
     assert results[1].details["errors"][0] == {"row": 1, "field": "request_id", "error": "is required"}  # type: ignore[index]
     assert [(r.accepted, r.duplicates) for r in (results[0], results[2])] == [(4, 0), (1, 0)]  # type: ignore[union-attr]
+    api.flush()
+    assert api.get("/v1/models/fraud").json()["counts"]["predictions"] == 5  # nothing of the bad one
+
+
+def _register(api: Api) -> Any:
+    assert api.post("/v1/models", json=FRAUD).status_code == 201
+    assert api.post("/v1/models/fraud/versions", json={"version": "v1"}).status_code == 201
+    return api.app.state.driftline  # type: ignore[attr-defined]
+
+
+def _bodies(state: Any, *batches: list[dict[str, Any]]) -> tuple[list[bytes], Any]:
+    bodies = [orjson.dumps({"model": "fraud", "records": b}) for b in batches]
+    schema = state.models.get("default", "fraud").schema
+    rec = json_arrow.record_type(bodies[0], schema, Kind.PREDICTIONS)
+    assert rec is not None and all(json_arrow.record_type(b, schema, Kind.PREDICTIONS) == rec for b in bodies)
+    return bodies, rec
+
+
+def test_bodies_read_together_answer_like_each_alone(api: Api) -> None:
+    state = _register(api)
+    first = fraud_records(3, prefix="a")
+    second = fraud_records(2, prefix="b")
+    second[0]["features"]["amount"] = 20000  # out of range
+    third = [first[0], *fraud_records(1, prefix="c")]  # one row sent before, in the same group
+    bodies, rec = _bodies(state, first, second, third)
+
+    results = service._ingest_lines(state, "default", Kind.PREDICTIONS, "fraud", rec, bodies)
+    assert [(r.accepted, r.duplicates, r.violations) for r in results] == [(3, 0, 0), (2, 0, 1), (1, 1, 0)]  # type: ignore[union-attr]
+    assert results[1].violations_by_field == {"amount": {"range": 1}}  # type: ignore[union-attr]
+    api.flush()
+    assert api.get("/v1/models/fraud").json()["counts"]["predictions"] == 6
+
+
+def test_a_malformed_body_sends_its_group_body_by_body(api: Api) -> None:
+    state = _register(api)
+    bad = fraud_records(2, prefix="x")
+    bad[1]["request_id"] = None
+    bodies, rec = _bodies(state, fraud_records(4, prefix="g"), bad, fraud_records(1, prefix="l"))
+
+    assert service._ingest_lines(state, "default", Kind.PREDICTIONS, "fraud", rec, bodies) == [None] * 3
+    api.flush()
+    assert api.get("/v1/models/fraud").json()["counts"]["predictions"] == 0  # nothing stored by the group
+    outcomes: list[Any] = []
+    for body in bodies:
+        try:
+            outcomes.append(service.ingest_json(state, "default", Kind.PREDICTIONS, body, None).accepted)
+        except InvalidInput as exc:
+            outcomes.append(exc.details["errors"][0])  # type: ignore[index]
+    assert outcomes == [4, {"row": 1, "field": "request_id", "error": "is required"}, 1]
     api.flush()
     assert api.get("/v1/models/fraud").json()["counts"]["predictions"] == 5  # nothing of the bad one
 

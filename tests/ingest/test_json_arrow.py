@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 from driftline.ingest.columns import PiiHasher, RowErrors
-from driftline.ingest.json_arrow import all_finite, leading_model, read_records, record_type
+from driftline.ingest.json_arrow import all_finite, leading_model, read_lines, read_records, record_type
 from driftline.ingest.records import (
     JsonSource,
     StructSource,
@@ -158,6 +158,58 @@ DECLINED = {
 @pytest.mark.parametrize("case", sorted(DECLINED))
 def test_declines_what_it_cannot_type(case: str) -> None:
     assert read_records(DECLINED[case], FRAUD_SCHEMA, Kind.PREDICTIONS, "fraud", 100_000) is None
+
+
+def _lines(bodies: list[bytes], max_rows: int = 100_000) -> tuple[pa.StructArray, list[int]] | None:
+    rec = record_type(bodies[0], FRAUD_SCHEMA, Kind.PREDICTIONS)
+    assert rec is not None
+    return read_lines(bodies, rec, "fraud", max_rows)
+
+
+def test_bodies_read_together_give_each_body_its_own_rows() -> None:
+    bodies = [body_of("fraud", fraud_records(n, prefix=f"b{n}-")) for n in (3, 1, 5)]
+    read = _lines(bodies)
+    assert read is not None
+    records, sizes = read
+    assert sizes == [3, 1, 5]
+    alone = [read_records(b, FRAUD_SCHEMA, Kind.PREDICTIONS, "fraud", 100_000) for b in bodies]
+    assert records.equals(pa.concat_arrays(alone))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("case", sorted(DECLINED))
+def test_a_body_the_reader_declines_alone_declines_its_group(case: str) -> None:
+    good = body_of("fraud", fraud_records(2, prefix="g"))
+    assert _lines([good, DECLINED[case], good]) is None
+
+
+@pytest.mark.parametrize(
+    "bodies",
+    [
+        # the first body is not one object: cut short, its rest is another body
+        [b'{"model":"fraud","records":[' + orjson.dumps(fraud_records(1)[0]), b"]}"],
+        # two objects on one line, and as many objects as bodies in all
+        [body_of("fraud", fraud_records(1)) * 2, b""],
+        [body_of("fraud", fraud_records(1)) * 2, b" \t "],
+        # an open string that would take in the next body's first bytes
+        [b'{"model":"fraud","records":[{"request_id":"', b'x"}]}'],
+    ],
+    ids=["cut", "two-in-one", "two-in-one-blank", "open-string"],
+)
+def test_no_body_reaches_into_the_next(bodies: list[bytes]) -> None:
+    assert _lines(bodies) is None
+
+
+def test_bodies_on_several_lines_are_read_one_by_one() -> None:
+    body = orjson.dumps({"model": "fraud", "records": fraud_records(2)}, option=orjson.OPT_INDENT_2)
+    assert _lines([body]) is None
+    assert _lines([body_of("fraud", fraud_records(1)).replace(b",", b",\r", 1)]) is None
+    assert read_records(body, FRAUD_SCHEMA, Kind.PREDICTIONS, "fraud", 100_000) is not None
+
+
+def test_a_group_holds_each_body_to_the_row_limit() -> None:
+    bodies = [body_of("fraud", fraud_records(n, prefix=f"b{n}-")) for n in (3, 4)]
+    assert _lines(bodies, max_rows=3) is None
+    assert _lines(bodies, max_rows=4) is not None
 
 
 def test_more_rows_than_allowed_are_declined() -> None:
