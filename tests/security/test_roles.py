@@ -28,6 +28,7 @@ from tests.conftest import ADMIN_KEY, Api
 from tests.security.conftest import World
 from tests.security.test_isolation import snapshot
 from tests.security.world import ADMIN_READS, INGEST_WRITES, PUBLIC, Operation, ok, operations, probes, send
+from tests.support.models import FRAUD, fraud_records
 
 
 def _needs_key(dependant: Dependant) -> bool:
@@ -140,6 +141,27 @@ def test_revoked_through_the_api_refused_at_once(settings: Settings) -> None:
         listed = {k["id"]: k for k in ok(api.get("/v1/keys"))}
         assert listed[made["id"]]["revoked_at"] is not None
         assert api.delete(f"/v1/keys/{made['id']}").status_code == 204  # revoking again is harmless
+
+
+def test_a_key_revoked_after_it_ingested_gets_401_on_the_ingest_routes(settings: Settings) -> None:
+    """The ingest routes remember a key they saw; revoked, it is a 401 (whatever its role) and stores nothing."""
+    with Api(create_app(settings)) as api:
+        assert api.post("/v1/models", json=FRAUD).status_code == 201
+        assert api.post("/v1/models/fraud/versions", json={"version": "v1"}).status_code == 201
+        ingest = ok(api.post("/v1/keys", json={"role": "ingest"}), 201)
+        read = ok(api.post("/v1/keys", json={"role": "read"}), 201)
+        body = {"model": "fraud", "records": fraud_records(3, prefix="before")}
+        assert api.post("/v1/predictions", json=body, headers=_auth(ingest["key"])).status_code == 202
+        assert api.post("/v1/predictions", json=body, headers=_auth(read["key"])).status_code == 403
+        for made in (ingest, read):
+            assert api.delete(f"/v1/keys/{made['id']}").status_code == 204
+        for made in (ingest, read):
+            for path in ("/v1/predictions", "/v1/labels"):
+                records = fraud_records(2, prefix=f"after-{made['id']}")
+                r = api.post(path, json={"model": "fraud", "records": records}, headers=_auth(made["key"]))
+                assert r.status_code == 401, (made["role"], path, r.text)
+        api.flush()
+        assert api.get("/v1/models/fraud").json()["counts"]["predictions"] == 3
 
 
 def _cli(settings: Settings, home: Path, *args: str) -> subprocess.CompletedProcess[str]:

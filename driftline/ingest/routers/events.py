@@ -4,8 +4,8 @@ Nearly all of the API's traffic comes here: small batches at a high rate. For th
 FastAPI's matching of the path against every route of the API and its dependency
 solving cost more CPU than the ingest itself, and with Python's one lock that CPU is
 the server's throughput. So `DirectIngest` takes these three exact paths to `handle`
-straight away; the routes below call the same `handle`, and stay for the OpenAPI
-document and for an app mounted without the middleware.
+straight away. The routes below call the same `handle`, so a request that reaches them
+is answered the same way, and they make the OpenAPI document.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from driftline.errors import DriftlineError, InvalidInput, Unauthorized
+from driftline.errors import DriftlineError, Forbidden, InvalidInput, Unauthorized
 from driftline.ingest import bodies, deps, service
 from driftline.ingest.api_models import ErrorOut, FeedbackBatch, IngestResult, LabelBatch, PredictionBatch
 from driftline.ingest.error_responses import error_response, validation_response
@@ -71,12 +71,17 @@ async def handle(request: Request, kind: Kind, model: str | None) -> Response:
     token = deps.bearer_token(request)
     known = state.meta.known_key(token)
     key = known if known is not None else await run_in_threadpool(deps.verified_key, state, token)
-    deps.check_role(key, _ROLES)
     unconfirmed = known is not None
 
     def confirm() -> None:
         if unconfirmed and not state.meta.confirm_key(token, key):
             raise Unauthorized("the API key is unknown or revoked")
+
+    try:
+        deps.check_role(key, _ROLES)
+    except Forbidden:
+        await run_in_threadpool(confirm)  # a revoked key gets 401 whatever its role, as on every route
+        raise
 
     media = bodies.media_type(request)
     if media in bodies.JSON:
@@ -157,7 +162,8 @@ def direct_routes(routes: Sequence[BaseRoute]) -> dict[str, tuple[Kind, BaseRout
         for route in routes
         if isinstance(route, APIRoute) and route.path in DIRECT_PATHS and "POST" in (route.methods or ())
     }
-    assert len(found) == len(DIRECT_PATHS), "every ingest path has its route"
+    if len(found) != len(DIRECT_PATHS):
+        raise RuntimeError(f"ingest routes missing: {sorted(set(DIRECT_PATHS) - set(found))}")
     return found
 
 
