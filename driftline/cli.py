@@ -176,6 +176,15 @@ def secrets_rotate() -> None:
     from driftline.storage.meta import MetaStore
 
     settings = get_settings()
+    made = settings.home / "secret.key"
+    if settings.secret_key is None and not made.exists():
+        # a wrong home would get a new secret (and, on SQLite, a new empty database) to "rotate" to
+        typer.echo(
+            f"no secret to seal under: DRIFTLINE_SECRET_KEY is not set and {made} does not exist "
+            "(is DRIFTLINE_HOME the deployment's home?)",
+            err=True,
+        )
+        raise typer.Exit(2)
     store = MetaStore.from_settings(settings)
     store.migrate()
     box = SecretBox(secret_key(settings), previous_secret_keys(settings))

@@ -147,3 +147,21 @@ def test_a_channel_changed_during_a_rotation_keeps_its_new_value(settings: Setti
             assert session.execute(select(Channel.url_token)).scalar_one() == changed
     finally:
         store.dispose()
+
+
+def test_a_rotation_in_a_home_without_a_secret_touches_nothing(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mistyped DRIFTLINE_HOME must not get a new secret, nor a new database, to rotate to."""
+    for name in [k for k in os.environ if k.startswith("DRIFTLINE_")]:
+        monkeypatch.delenv(name)
+    home = tmp_path / "not-the-home"
+    monkeypatch.setenv("DRIFTLINE_HOME", str(home))
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(cli, ["secrets", "rotate"])
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 2, result.output
+    assert "DRIFTLINE_SECRET_KEY is not set" in result.output
+    assert not home.exists() or not any(home.iterdir())
