@@ -4,7 +4,7 @@ Checking a batch costs a fixed overhead per column (dozens of Arrow and NumPy ca
 whatever its size, and every spooled batch is one write and one fsync: a stream of
 small batches spends most of its time on those. While one request's thread works,
 the ones that arrive meanwhile queue up under the same key (project, model, kind);
-when it is done, the first of them leads and takes everything queued, up to a row
+when it is done, the first of them leads and takes everything queued, up to a size
 limit, as one group. No request waits for a timer: a group is whatever piled up
 while the one before it was being done, so an idle server handles each request on
 its own, as before.
@@ -27,7 +27,7 @@ R = TypeVar("R")  # what it gets back
 @dataclass(eq=False)
 class Pending(Generic[T, R]):
     item: T
-    rows: int
+    size: int
     result: R | None = None
     error: BaseException | None = None
     done: bool = False
@@ -40,15 +40,16 @@ Work = Callable[[Sequence[T]], Sequence["R | BaseException"]]
 class Coalescer(Generic[T, R]):
     """One leader at a time per key; the others wait and are answered with the leader's group."""
 
-    def __init__(self, max_rows: int) -> None:
-        self.max_rows = max_rows
+    def __init__(self, max_size: int) -> None:
+        """`max_size` bounds a group's total size, in the unit its callers give (rows, bytes)."""
+        self.max_size = max_size
         self._lock = threading.Lock()
         self._queues: dict[Hashable, list[Pending[T, R]]] = {}
         self._leading: set[Hashable] = set()
 
-    def submit(self, key: Hashable, item: T, rows: int, work: Work[T, R]) -> R:
+    def submit(self, key: Hashable, item: T, size: int, work: Work[T, R]) -> R:
         """`work` gets the items of a group and returns, per item, its result or its exception."""
-        me: Pending[T, R] = Pending(item, rows)
+        me: Pending[T, R] = Pending(item, size)
         with self._lock:
             self._queues.setdefault(key, []).append(me)
             if key in self._leading:
@@ -68,12 +69,12 @@ class Coalescer(Generic[T, R]):
     def _lead(self, key: Hashable, work: Work[T, R]) -> None:
         with self._lock:
             queue = self._queues[key]
-            group, rows = [queue[0]], queue[0].rows
+            group, size = [queue[0]], queue[0].size
             for p in queue[1:]:
-                if rows + p.rows > self.max_rows:
+                if size + p.size > self.max_size:
                     break
                 group.append(p)
-                rows += p.rows
+                size += p.size
             del queue[: len(group)]
         try:
             outcomes: Sequence[R | BaseException] = work([p.item for p in group])

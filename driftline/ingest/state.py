@@ -102,9 +102,9 @@ class AppState:
             runner=runner,
             alerts=alerts,
             # a group stays below the direct-insert size, so it is always spooled
-            batches=Coalescer(max_rows=settings.direct_insert_min_rows - 1),
-            # JSON bodies read in one pass, counted in bytes (rows are known once read)
-            bodies=Coalescer(max_rows=BODY_GROUP_BYTES),
+            batches=Coalescer(max_size=settings.direct_insert_min_rows - 1),
+            # JSON bodies read in one pass, sized in bytes (rows are known once read)
+            bodies=Coalescer(max_size=BODY_GROUP_BYTES),
         )
 
     @property

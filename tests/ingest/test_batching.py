@@ -56,7 +56,7 @@ def test_requests_queued_behind_a_group_form_the_next_one() -> None:
         groups.append(list(group))
         return [InvalidInput(f"item {i} is bad") if i == 3 else i * 10 for i in group]
 
-    out = _run_together(Coalescer(max_rows=1000), list(range(6)), 10, work)
+    out = _run_together(Coalescer(max_size=1000), list(range(6)), 10, work)
     assert groups[0] == [0] and sorted(groups[1]) == [1, 2, 3, 4, 5]
     assert {i: v for i, v in out.items() if i != 3} == {0: 0, 1: 10, 2: 20, 4: 40, 5: 50}
     assert isinstance(out[3], InvalidInput) and "item 3" in out[3].message  # only its own request fails
@@ -69,7 +69,7 @@ def test_a_group_stays_within_its_rows_and_every_request_is_answered() -> None:
         groups.append(list(group))
         return list(group)
 
-    coalescer: Coalescer[int, int] = Coalescer(max_rows=25)
+    coalescer: Coalescer[int, int] = Coalescer(max_size=25)
     out = _run_together(coalescer, list(range(7)), 10, work)
     assert out == {i: i for i in range(7)}
     assert all(len(g) <= 2 for g in groups) and sorted(i for g in groups for i in g) == list(range(7))
@@ -80,7 +80,7 @@ def test_a_failing_group_fails_each_of_its_requests() -> None:
     def work(group: Sequence[int]) -> list[int | BaseException]:
         raise RuntimeError("store down")
 
-    out = _run_together(Coalescer(max_rows=1000), list(range(4)), 1, work)
+    out = _run_together(Coalescer(max_size=1000), list(range(4)), 1, work)
     assert all(isinstance(v, RuntimeError) for v in out.values()) and len(out) == 4
 
 

@@ -230,17 +230,11 @@ class KeyCache:
         """Who a key seen before is, without asking the database: still to be confirmed active."""
         if not isinstance(plaintext, str) or not plaintext or len(plaintext) > MAX_KEY_LENGTH:
             return None
-        with self._lock:
-            return self._known.get(hash_key(plaintext))
+        return self._get(hash_key(plaintext))
 
     def confirm(self, plaintext: str, info: KeyInfo, active: Callable[[int, str], bool]) -> bool:
         """Whether a known key is still active; a revoked one is forgotten."""
-        digest = hash_key(plaintext)
-        if active(info.id, digest):
-            return True
-        with self._lock:
-            self._known.pop(digest, None)
-        return False
+        return self._confirm(hash_key(plaintext), info, active)
 
     def verify(
         self,
@@ -251,13 +245,25 @@ class KeyCache:
         """`lookup` is the full check (KeyRepository.verify), `active` runs ACTIVE_KEY."""
         if not isinstance(plaintext, str) or not plaintext or len(plaintext) > MAX_KEY_LENGTH:
             return None
-        known = self.known(plaintext)
+        digest = hash_key(plaintext)
+        known = self._get(digest)
         if known is not None:
-            return known if self.confirm(plaintext, known, active) else None
+            return known if self._confirm(digest, known, active) else None
         info = lookup(plaintext)
         if info is not None:
             with self._lock:
                 if len(self._known) >= self.max_entries:
                     self._known.clear()
-                self._known[hash_key(plaintext)] = info
+                self._known[digest] = info
         return info
+
+    def _get(self, digest: str) -> KeyInfo | None:
+        with self._lock:
+            return self._known.get(digest)
+
+    def _confirm(self, digest: str, info: KeyInfo, active: Callable[[int, str], bool]) -> bool:
+        if active(info.id, digest):
+            return True
+        with self._lock:
+            self._known.pop(digest, None)
+        return False
